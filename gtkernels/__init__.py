@@ -1,0 +1,14 @@
+"""gtkernels: fused kernels for the Geometric Transformer (Choukroun & Wolf, IJCAI 2022).
+
+>>> import gtkernels
+>>> gtkernels.backends()          # e.g. ['reference', 'cpu']
+>>> attn = gtkernels.FusedGeometricAttention(d_model=128, num_heads=8)
+>>> y = attn(x, pos, mask)        # x [B, N, 128], pos [B, N, 3] in Å, mask [B, N] bool
+"""
+from ._backends import backends, extension_available
+from .nn import FusedGeometricAttention, GeometricEncoding
+from .ops import geometric_attention, geometric_encoding
+
+__version__ = "0.1.0"
+__all__ = ["backends", "extension_available", "geometric_attention", "geometric_encoding",
+           "FusedGeometricAttention", "GeometricEncoding"]

@@ -1,0 +1,65 @@
+"""Which backends exist on this machine, and which one runs a given request.
+
+Backends: ``reference`` (gtkernels_py, always), ``cpu`` (fused C++/OpenMP kernels in ``gtkernels._C``),
+``triton`` and ``cuda`` (GPU kernels, not built yet). ``auto`` picks the fastest one that can run the request.
+A backend that cannot run a request raises an error naming one that would; it never silently substitutes.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+_EXTENSION_ERROR: Optional[BaseException] = None
+try:  # the compiled extension registers torch.ops.gtkernels_C.*
+    from . import _C  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only on machines without a build
+    _EXTENSION_ERROR = exc
+
+BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+CPU_DTYPES = (torch.float32, torch.float64)
+
+
+def extension_available() -> bool:
+    """True when the compiled extension ``gtkernels._C`` imported."""
+    return _EXTENSION_ERROR is None
+
+
+def backends() -> List[str]:
+    """Names of the backends usable on this machine, e.g. ``['reference', 'cpu']``."""
+    names = ["reference"]
+    if extension_available():
+        names.append("cpu")
+    return names
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, dropout_p: float = 0.0) -> str:
+    """Turn ``backend`` (possibly ``"auto"``) into a concrete backend able to run this request, or raise."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cpu" and extension_available() and dtype in CPU_DTYPES and dropout_p == 0.0:
+            return "cpu"
+        return "reference"
+    if backend == "reference":
+        return backend
+    if backend in ("triton", "cuda"):
+        raise NotImplementedError(
+            f"backend={backend!r} is not built in this version of gtkernels; available: {backends()}")
+    # backend == "cpu"
+    if not extension_available():
+        raise RuntimeError(
+            "backend='cpu' needs the compiled extension gtkernels._C, which failed to import "
+            f"({_EXTENSION_ERROR}). Build it with `pip install --no-build-isolation -e .`, "
+            "or use backend='reference'.")
+    if device.type != "cpu":
+        raise ValueError(f"backend='cpu' runs on CPU tensors, got tensors on {device}; "
+                         "use backend='reference' (or 'auto') for them")
+    if dtype not in CPU_DTYPES:
+        raise TypeError(f"backend='cpu' supports float32 and float64, got {dtype}; "
+                        "cast the inputs or use backend='reference'")
+    if dropout_p != 0.0:
+        raise NotImplementedError(
+            f"backend='cpu' does not implement attention dropout (dropout_p={dropout_p}); the paper uses 0. "
+            "Use backend='reference' (or 'auto', which picks it) to train with dropout")
+    return backend

@@ -1,0 +1,27 @@
+"""``GeometricEncoding``: the paper's geometric positional encoding on the fused ops."""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+import gtkernels_py
+from .._backends import resolve_backend
+from ..ops import geometric_encoding
+
+
+class GeometricEncoding(gtkernels_py.GeometricEncoding):
+    """PE_i = Linear(1→d_model)(Σ_j φ(1/r_ij)), φ = Linear(1→h) → GELU → Linear(h→1) → GELU, fused.
+
+    ``forward(pos, mask=None, *, cu_seqlens=None)`` → ``[B, N, d_model]`` (or ``[T, d_model]``).
+    State dict as the paper's ``Pos_encoding``: ``net.{0,2}.{weight,bias}``, ``embed.{weight,bias}``.
+    """
+
+    def __init__(self, d_model: int, hidden: int = 50, backend: str = "auto", validate: bool = True):
+        super().__init__(d_model, hidden)
+        resolve_backend(backend, self.embed.weight.device, self.embed.weight.dtype)
+        self.backend, self.validate = backend, validate
+
+    def _encode(self, pos, mask, cu_seqlens):
+        return geometric_encoding(pos, self.params(), mask, cu_seqlens=cu_seqlens, backend=self.backend,
+                                  validate=self.validate)

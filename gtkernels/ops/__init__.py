@@ -1,0 +1,5 @@
+"""gtkernels ops: fused geometric attention and encoding as autograd-aware ``torch.library`` custom ops."""
+from .attention import geometric_attention
+from .encoding import geometric_encoding
+
+__all__ = ["geometric_attention", "geometric_encoding"]

@@ -1,0 +1,107 @@
+"""The ``torch.library`` custom ops of gtkernels, with fake (meta) kernels and autograd formulas.
+
+Every op works on the "segments of rows" layout shared by all compiled backends:
+``q, k, v: [R, H, D]``, ``pos: [R, 3]``, ``seg: int64 [B + 1]`` row boundaries of the molecules and
+``valid: bool [R]`` or None (False marks a padding row). The public functions in
+:mod:`gtkernels.ops.attention` / :mod:`gtkernels.ops.encoding` convert the padded and packed layouts to it.
+
+The ``backend`` string argument selects the implementation (``"cpu"``: ``torch.ops.gtkernels_C``).
+These ops are opaque to ``torch.compile`` (no graph breaks) thanks to the fake kernels.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+
+def _kernels(backend: str):
+    if backend in ("cpu", "cuda"):
+        return torch.ops.gtkernels_C
+    raise ValueError(f"no compiled kernels for backend {backend!r}")
+
+
+# ---------------------------------------------------------------------------------------------------- attention
+@torch.library.custom_op("gtkernels::attention_fwd", mutates_args=())
+def attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor], seg: Tensor,
+                  valid: Optional[Tensor], scale: float, backend: str) -> Tuple[Tensor, Tensor]:
+    """Fused geometric attention forward. Returns ``out [R, H, D]`` and the un-gated ``lse [R, H]``."""
+    return tuple(_kernels(backend).attention_fwd(q, k, v, pos, psi, seg, valid, scale))
+
+
+@attention_fwd.register_fake
+def _(q, k, v, pos, psi, seg, valid, scale, backend):
+    return torch.empty_like(q), q.new_empty(q.shape[:2])
+
+
+@torch.library.custom_op("gtkernels::attention_bwd", mutates_args=())
+def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor], seg: Tensor,
+                  valid: Optional[Tensor], scale: float, out: Tensor, lse: Tensor,
+                  backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, List[Tensor]]:
+    """Fused backward by recomputation: returns ``dq, dk, dv, dpos`` and the ψω parameter gradients."""
+    dq, dk, dv, dpos, dpsi = _kernels(backend).attention_bwd(dout, q, k, v, pos, psi, seg, valid, scale, out, lse)
+    return dq, dk, dv, dpos, list(dpsi)
+
+
+@attention_bwd.register_fake
+def _(dout, q, k, v, pos, psi, seg, valid, scale, out, lse, backend):
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(pos),
+            [torch.empty_like(p) for p in psi])
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, pos, psi, seg, valid, scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, pos, seg, valid, out, lse, *psi)
+    ctx.scale, ctx.backend = scale, backend
+
+
+def _attention_backward(ctx, dout, dlse):
+    q, k, v, pos, seg, valid, out, lse, *psi = ctx.saved_tensors
+    dq, dk, dv, dpos, dpsi = attention_bwd(dout.contiguous(), q, k, v, pos, psi, seg, valid, ctx.scale, out, lse,
+                                           ctx.backend)
+    return dq, dk, dv, dpos, dpsi, None, None, None, None
+
+
+attention_fwd.register_autograd(_attention_backward, setup_context=_attention_setup)
+
+
+# ---------------------------------------------------------------------------------------------------- encoding
+@torch.library.custom_op("gtkernels::encoding_fwd", mutates_args=())
+def encoding_fwd(pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Tensor], backend: str) -> Tensor:
+    """Fused geometric encoding forward: ``s [R]`` = Σ_j φ(rinv_ij) over the real atoms of each molecule."""
+    return _kernels(backend).encoding_fwd(pos, phi, seg, valid)
+
+
+@encoding_fwd.register_fake
+def _(pos, phi, seg, valid, backend):
+    return pos.new_empty(pos.shape[:1])
+
+
+@torch.library.custom_op("gtkernels::encoding_bwd", mutates_args=())
+def encoding_bwd(ds: Tensor, pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Tensor],
+                 backend: str) -> Tuple[Tensor, List[Tensor]]:
+    """Backward of :func:`encoding_fwd`: returns ``dpos [R, 3]`` and the φ parameter gradients."""
+    dpos, dphi = _kernels(backend).encoding_bwd(ds, pos, phi, seg, valid)
+    return dpos, list(dphi)
+
+
+@encoding_bwd.register_fake
+def _(ds, pos, phi, seg, valid, backend):
+    return torch.empty_like(pos), [torch.empty_like(p) for p in phi]
+
+
+def _encoding_setup(ctx, inputs, output):
+    pos, phi, seg, valid, backend = inputs
+    ctx.save_for_backward(pos, seg, valid, *phi)
+    ctx.backend = backend
+
+
+def _encoding_backward(ctx, ds):
+    pos, seg, valid, *phi = ctx.saved_tensors
+    dpos, dphi = encoding_bwd(ds.contiguous(), pos, phi, seg, valid, ctx.backend)
+    return dpos, dphi, None, None, None
+
+
+encoding_fwd.register_autograd(_encoding_backward, setup_context=_encoding_setup)

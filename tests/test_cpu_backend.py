@@ -1,0 +1,184 @@
+"""The fused C++ CPU kernels against the reference (gtkernels_py).
+
+float64: forward and every gradient to 1e-10 relative. float32: the fused error against the float64 reference
+must be at most 2× the error of the reference itself run in float32 (FlashAttention's rule), with a floor of
+1e-6 relative (a few float32 ulps after the ~50-term ψω dot products and the softmax sums).
+"""
+import pytest
+import torch
+
+import gtkernels
+import gtkernels_py as R
+from conftest import requires_cpu
+from helpers import attention_inputs, mlp_params, qm9_molecules, random_molecules, rel_err
+
+pytestmark = requires_cpu
+
+CASES = [  # (molecule sizes, heads, d_k, ψω hidden widths)
+    ([5, 1, 7, 2], 2, 3, [50, 50, 50]),       # the paper's ψω, a one-atom molecule
+    ([29, 17, 3], 256, 2, [50, 50, 50]),      # the paper's heads
+    ([4, 6], 1, 16, [7]),                     # 0 hidden h→h layers
+    ([9, 3, 12], 3, 1, [128, 128, 128, 128]),  # widest ψω, 3 hidden layers
+    ([2, 2, 0, 3], 4, 5, [1, 1]),             # empty molecule, width 1
+]
+
+
+def _grads(out, inputs, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
+    return torch.autograd.grad((out * w).sum(), inputs, allow_unused=True)
+
+
+def _attention_pair(mols, heads, d, widths, dtype, layout, backend):
+    q, k, v, pos, mask, cu = attention_inputs(mols, heads, d, dtype=dtype, layout=layout)
+    psi = mlp_params(widths, dtype=dtype, seed=1)
+    out = gtkernels.geometric_attention(q, k, v, pos, psi, mask, cu_seqlens=cu, backend=backend)
+    return out, _grads(out, [q, k, v, pos, *psi])
+
+
+def _holes(q, k, v, pos, mask):
+    perm = torch.randperm(mask.shape[1], generator=torch.Generator().manual_seed(7))
+    return q[:, perm], k[:, perm], v[:, perm], pos[:, perm], mask[:, perm]
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("sizes,heads,d,widths", CASES)
+def test_attention_float64(sizes, heads, d, widths, layout):
+    mols = random_molecules(sizes, seed=len(sizes))
+    ref, ref_g = _attention_pair(mols, heads, d, widths, torch.float64, layout, "reference")
+    out, out_g = _attention_pair(mols, heads, d, widths, torch.float64, layout, "cpu")
+    assert rel_err(out, ref) < 1e-10
+    for name, a, b in zip(["q", "k", "v", "pos"] + [f"psi{i}" for i in range(len(ref_g) - 4)], out_g, ref_g):
+        assert rel_err(a, b) < 1e-10, name
+
+
+def test_attention_padding_holes_and_real_molecules():
+    mols = qm9_molecules(6)
+    q, k, v, pos, mask, _ = attention_inputs(mols, 4, 8)
+    q, k, v, pos, mask = (t.detach() for t in _holes(q, k, v, pos, mask))
+    psi = mlp_params([50, 50, 50], seed=2)
+    for t in (q, k, v, pos):
+        t.requires_grad_()
+    outs = {b: gtkernels.geometric_attention(q, k, v, pos, psi, mask, backend=b) for b in ("reference", "cpu")}
+    assert rel_err(outs["cpu"], outs["reference"]) < 1e-10
+    assert (outs["cpu"][~mask] == 0).all()
+    for a, b in zip(_grads(outs["cpu"], [q, k, v, pos, *psi]), _grads(outs["reference"], [q, k, v, pos, *psi])):
+        assert rel_err(a, b) < 1e-10
+
+
+def test_attention_packed_equals_padded():
+    mols = random_molecules([8, 3, 1, 11])
+    q, k, v, pos, mask, _ = attention_inputs(mols, 3, 4, layout="padded")
+    qp, kp, vp, posp, _, cu = attention_inputs(mols, 3, 4, layout="packed")
+    psi = mlp_params([50, 50, 50])
+    padded = gtkernels.geometric_attention(q, k, v, pos, psi, mask, backend="cpu")
+    packed = gtkernels.geometric_attention(qp, kp, vp, posp, psi, cu_seqlens=cu, backend="cpu")
+    torch.testing.assert_close(packed, padded[mask], rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("sizes,heads,d", [([29, 18, 9, 1], 8, 16), ([23, 12], 256, 2)])
+def test_attention_float32_two_x_rule(sizes, heads, d):
+    mols = random_molecules(sizes, seed=3)
+    widths = [50, 50, 50]
+    exact, exact_g = _attention_pair(mols, heads, d, widths, torch.float64, "padded", "reference")
+    ref32, ref32_g = _attention_pair(mols, heads, d, widths, torch.float32, "padded", "reference")
+    out32, out32_g = _attention_pair(mols, heads, d, widths, torch.float32, "padded", "cpu")
+    assert out32.dtype == torch.float32
+    assert rel_err(out32, exact) <= max(2 * rel_err(ref32, exact), 1e-6)
+    for a, r, e in zip(out32_g, ref32_g, exact_g):
+        assert rel_err(a, e) <= max(2 * rel_err(r, e), 1e-6)
+
+
+def test_attention_large_molecule():
+    mols = random_molecules([300], seed=5)
+    ref, ref_g = _attention_pair(mols, 2, 4, [50, 50, 50], torch.float64, "packed", "reference")
+    out, out_g = _attention_pair(mols, 2, 4, [50, 50, 50], torch.float64, "packed", "cpu")
+    assert rel_err(out, ref) < 1e-10
+    for a, b in zip(out_g, ref_g):
+        assert rel_err(a, b) < 1e-10
+
+
+def test_attention_empty_batch():
+    for shape in [(0, 5, 2, 3), (3, 0, 2, 3)]:
+        q = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+        pos = torch.zeros(shape[:2] + (3,), dtype=torch.float64)
+        out = gtkernels.geometric_attention(q, q, q, pos, mlp_params([4]), backend="cpu")
+        assert out.shape == shape
+        out.sum().backward()
+
+
+def test_attention_gradients_are_deterministic():
+    mols = random_molecules([20, 13, 7, 25], seed=9)
+    _, g1 = _attention_pair(mols, 4, 4, [50, 50, 50], torch.float32, "packed", "cpu")
+    _, g2 = _attention_pair(mols, 4, 4, [50, 50, 50], torch.float32, "packed", "cpu")
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
+
+
+def test_attention_gradcheck():
+    mols = random_molecules([4, 1, 3], seed=2)
+    q, k, v, pos, mask, _ = attention_inputs(mols, 2, 2)
+    psi = mlp_params([5, 5], seed=3)
+
+    def f(q, k, v, pos, *psi):
+        return gtkernels.geometric_attention(q, k, v, pos, list(psi), mask, backend="cpu", validate=False)
+
+    assert torch.autograd.gradcheck(f, (q, k, v, pos, *psi), eps=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------------------ encoding
+def _encoding_pair(mols, widths, dtype, layout, backend):
+    _, _, _, pos, mask, cu = attention_inputs(mols, 1, 1, dtype=dtype, layout=layout)
+    phi = mlp_params(widths, dtype=dtype, seed=4)
+    s = gtkernels.geometric_encoding(pos, phi, mask, cu_seqlens=cu, backend=backend)
+    return s, _grads(s, [pos, *phi])
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+@pytest.mark.parametrize("sizes,widths", [([5, 1, 7, 2], [50]), ([29, 0, 3], [16, 16]), ([40], [128, 128, 128])])
+def test_encoding_float64(sizes, widths, layout):
+    mols = random_molecules(sizes, seed=11)
+    ref, ref_g = _encoding_pair(mols, widths, torch.float64, layout, "reference")
+    out, out_g = _encoding_pair(mols, widths, torch.float64, layout, "cpu")
+    assert rel_err(out, ref) < 1e-10
+    for a, b in zip(out_g, ref_g):
+        assert rel_err(a, b) < 1e-10
+
+
+def test_encoding_float32_and_qm9():
+    mols = qm9_molecules(8)
+    exact, exact_g = _encoding_pair(mols, [50], torch.float64, "padded", "reference")
+    ref32, ref32_g = _encoding_pair(mols, [50], torch.float32, "padded", "reference")
+    out32, out32_g = _encoding_pair(mols, [50], torch.float32, "padded", "cpu")
+    assert rel_err(out32, exact) <= max(2 * rel_err(ref32, exact), 1e-6)
+    for a, r, e in zip(out32_g, ref32_g, exact_g):
+        assert rel_err(a, e) <= max(2 * rel_err(r, e), 1e-6)
+
+
+def test_encoding_gradcheck():
+    mols = random_molecules([3, 4, 1], seed=6)
+    _, _, _, pos, mask, _ = attention_inputs(mols, 1, 1)
+    phi = mlp_params([6], seed=5)
+
+    def f(pos, *phi):
+        return gtkernels.geometric_encoding(pos, list(phi), mask, backend="cpu", validate=False)
+
+    assert torch.autograd.gradcheck(f, (pos, *phi), eps=1e-6, atol=1e-7)
+
+
+# -------------------------------------------------------------------------------------------------------- modules
+def test_module_matches_reference_module_via_state_dict():
+    torch.manual_seed(0)
+    ref = R.GeometricAttention(64, 8).double()
+    fused = gtkernels.FusedGeometricAttention(64, 8, backend="cpu").double()
+    fused.load_state_dict(ref.state_dict())
+    mols = qm9_molecules(4)
+    from gtkernels.data import pad
+    z, pos, mask = pad(mols, torch.float64)
+    x = torch.randn(z.shape + (64,), dtype=torch.float64)
+    torch.testing.assert_close(fused(x, pos, mask), ref(x, pos, mask), rtol=1e-10, atol=1e-12)
+
+    enc_ref = R.GeometricEncoding(64).double()
+    enc = gtkernels.GeometricEncoding(64, backend="cpu").double()
+    enc.load_state_dict(enc_ref.state_dict())
+    torch.testing.assert_close(enc(pos, mask), enc_ref(pos, mask), rtol=1e-10, atol=1e-12)
