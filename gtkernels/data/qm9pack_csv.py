@@ -57,3 +57,10 @@ def iter_molecules(limit: int | None = None) -> Iterator[Molecule]:
 def load_molecules(limit: int) -> List[Molecule]:
     """The first ``limit`` QM9 molecules."""
     return list(iter_molecules(limit))
+
+
+def sample_molecules(count: int, seed: int = 0) -> List[Molecule]:
+    """``count`` molecules drawn uniformly from all of QM9 (reads every CSV row: a few seconds)."""
+    everything = list(iter_molecules())
+    picks = np.random.default_rng(seed).choice(len(everything), size=count, replace=False)
+    return [everything[i] for i in sorted(picks)]
