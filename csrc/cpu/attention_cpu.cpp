@@ -1,0 +1,422 @@
+// attention_cpu.cpp — fused geometric attention on the CPU (OpenMP), forward and backward.
+//
+// Work unit: a task = the pairs between two row blocks I, J of one segment (I = J on a diagonal task), see
+// Schedule in cpu_common.h: the tasks of one phase touch disjoint rows, so no atomics are needed, and every
+// unordered pair {i, j} is visited exactly once. Nothing N×N is stored: the largest buffer is one
+// kBlock × kBlock gate tile per thread.
+//
+// Forward, per task: rinv and the gate g = ψ(rinv)² of every pair of the tile (ψ evaluated on tiles of pairs,
+// layer by layer, once per pair and shared by all heads); then every row of I updates its per-head online
+// softmax with the keys of J and, off the diagonal, every row of J with the keys of I (g_ij = g_ji).
+// The softmax state lives in global per-row buffers (running max in `lse`, un-gated sum l in a [R, H]
+// buffer, gated numerator directly in `out`) and is finalised after the last phase:
+// out = acc / l, lse = m + log l.
+//
+// Backward, per task: for each pair (i, j), recompute rinv, ψ (keeping its activations) and, per head,
+// p_ij = exp(S_ij − lse_i) and p_ji = exp(S_ji − lse_j); with D_i = dout_i·out_i and dA_ij = dout_i·v_j:
+// dS_ij = p_ij (g dA_ij − D_i), dq_i += scale dS_ij k_j, dk_j += scale dS_ij q_i, dv_j += p_ij g dout_i, and
+// the same with i and j swapped; dg = Σ_heads p_ij dA_ij + p_ji dA_ji is back-propagated through ψ
+// (seed 2ψ dg) to the ψ parameters (per-thread buffers, reduced in thread order) and through rinv to
+// dpos_i and dpos_j.
+#include "cpu_common.h"
+
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+namespace gtk {
+namespace {
+
+template <class T>
+struct AttnProblem {
+  const T* q;
+  const T* k;
+  const T* v;
+  const T* pos;
+  const bool* valid;
+  int64_t H, D;
+  T scale;
+};
+
+// Rows of the two blocks of a task and the list of their pairs.
+struct TaskRows {
+  std::vector<int64_t> vi, vj;
+  std::vector<uint8_t> pa, pb;
+  int nI = 0, nJ = 0, npairs = 0;
+  bool diag = false;
+  TaskRows() : vi(kBlock), vj(kBlock), pa(kBlock * kBlock), pb(kBlock * kBlock) {}
+  const int64_t* rows_j() const { return diag ? vi.data() : vj.data(); }
+  // Returns false when the task has no pair.
+  bool load(const PairTask& t, const bool* valid) {
+    diag = t.diag();
+    nI = collect_valid(valid, t.i0, t.i1, vi.data());
+    nJ = diag ? nI : collect_valid(valid, t.j0, t.j1, vj.data());
+    if (nI == 0 || nJ == 0) return false;
+    npairs = make_pairs(nI, nJ, diag, pa.data(), pb.data());
+    return npairs > 0;
+  }
+};
+
+// Per-thread scratch of the forward, sized once.
+template <class T>
+struct FwdScratch {
+  TaskRows rows;
+  std::vector<T> G;   // [kBlock][kBlock] gates of the current tile
+  std::vector<T> ws;  // ψ tile workspace
+  std::vector<T> S;   // [kBlock][H] scores of one query row against a key block
+  std::vector<T> bm;  // [H] block max
+  std::vector<int64_t> keys;
+  std::vector<T> gk;
+  FwdScratch(const gt::MlpView<T>& mv, int64_t H)
+      : G(kBlock * kBlock), ws(gt::tile_ws_size<T, kTilePairs>(mv)), S(kBlock * H), bm(H), keys(kBlock),
+        gk(kBlock) {}
+};
+
+// Gates of the pairs of a tile: G[a][b] = ψ(rinv_ab)².
+template <class T>
+void tile_gates(const gt::MlpView<T>& mv, const T* pos, const TaskRows& tr, T* ws, T* G) {
+  T x[kTilePairs], y[kTilePairs];
+  const int64_t* vj = tr.rows_j();
+  for (int c0 = 0; c0 < tr.npairs; c0 += kTilePairs) {
+    const int n = std::min(kTilePairs, tr.npairs - c0);
+    for (int p = 0; p < kTilePairs; ++p) x[p] = T(0);  // padding pairs of the last tile: rinv 0
+    for (int p = 0; p < n; ++p) {
+      x[p] = gt::inverse_distance<T>(pos + 3 * tr.vi[tr.pa[c0 + p]], pos + 3 * vj[tr.pb[c0 + p]]);
+    }
+    gt::mlp_forward_tile<T, kTilePairs>(mv, x, ws, y);
+    for (int p = 0; p < n; ++p) G[tr.pa[c0 + p] * kBlock + tr.pb[c0 + p]] = y[p] * y[p];
+  }
+}
+
+// One query row against a list of keys: scores, block max, rescale, accumulate (gt:: online softmax).
+// DC: compile-time head dim (0 = runtime D).
+template <class T, int DC>
+void row_update(const AttnProblem<T>& P, const T* qi, const int64_t* keys, const T* gk, int nk, T* S, T* bm,
+                T* m, T* l, T* acc) {
+  const int64_t H = P.H;
+  const int64_t D = DC > 0 ? DC : P.D;
+  const int64_t HD = H * D;
+  const T scale = P.scale;
+  for (int t = 0; t < nk; ++t) {
+    const T* kj = P.k + keys[t] * HD;
+    T* St = S + t * H;
+    for (int64_t h = 0; h < H; ++h) {
+      T s = T(0);
+      for (int64_t d = 0; d < D; ++d) s += qi[h * D + d] * kj[h * D + d];
+      St[h] = s * scale;
+    }
+  }
+  for (int64_t h = 0; h < H; ++h) bm[h] = S[h];
+  for (int t = 1; t < nk; ++t) {
+    const T* St = S + t * H;
+    for (int64_t h = 0; h < H; ++h) bm[h] = St[h] > bm[h] ? St[h] : bm[h];
+  }
+  for (int64_t h = 0; h < H; ++h) gt::online_softmax_rescale<T>(m[h], l[h], acc + h * D, static_cast<int>(D), bm[h]);
+  for (int t = 0; t < nk; ++t) {
+    const T* vj = P.v + keys[t] * HD;
+    const T* St = S + t * H;
+    const T g = gk[t];
+    for (int64_t h = 0; h < H; ++h) {
+      gt::online_softmax_accumulate<T>(m[h], l[h], acc + h * D, static_cast<int>(D), St[h], g, vj + h * D);
+    }
+  }
+}
+
+template <class T, int DC>
+void attention_fwd_task(const AttnProblem<T>& P, const gt::MlpView<T>& mv, const PairTask& task, FwdScratch<T>& sc,
+                        T* out, T* M, T* Lsum) {
+  TaskRows& tr = sc.rows;
+  if (!tr.load(task, P.valid)) return;
+  const int64_t H = P.H;
+  const int64_t HD = H * (DC > 0 ? DC : P.D);
+  tile_gates<T>(mv, P.pos, tr, sc.ws.data(), sc.G.data());
+  const int64_t* vj = tr.rows_j();
+  // Rows of I against the keys of J.
+  for (int a = 0; a < tr.nI; ++a) {
+    int nk = 0;
+    for (int b = 0; b < tr.nJ; ++b) {
+      if (tr.diag && b == a) continue;
+      sc.keys[nk] = vj[b];
+      // On the diagonal tile only a < b was computed: G is symmetric.
+      sc.gk[nk] = (tr.diag && b < a) ? sc.G[b * kBlock + a] : sc.G[a * kBlock + b];
+      ++nk;
+    }
+    if (nk == 0) continue;
+    const int64_t i = tr.vi[a];
+    row_update<T, DC>(P, P.q + i * HD, sc.keys.data(), sc.gk.data(), nk, sc.S.data(), sc.bm.data(), M + i * H,
+                      Lsum + i * H, out + i * HD);
+  }
+  if (tr.diag) return;
+  // Rows of J against the keys of I (g_ji = g_ij).
+  for (int b = 0; b < tr.nJ; ++b) {
+    for (int a = 0; a < tr.nI; ++a) {
+      sc.keys[a] = tr.vi[a];
+      sc.gk[a] = sc.G[a * kBlock + b];
+    }
+    const int64_t j = vj[b];
+    row_update<T, DC>(P, P.q + j * HD, sc.keys.data(), sc.gk.data(), tr.nI, sc.S.data(), sc.bm.data(), M + j * H,
+                      Lsum + j * H, out + j * HD);
+  }
+}
+
+template <class T, int DC>
+void attention_fwd_impl(const AttnProblem<T>& P, const gt::MlpView<T>& mv, const Schedule& sch, int64_t R, T* out,
+                        T* lse) {
+  const int64_t H = P.H;
+  const int64_t D = DC > 0 ? DC : P.D;
+  std::vector<T> Lsum(static_cast<size_t>(R * H), T(0));  // un-gated running sums; running max kept in lse
+  T* L = Lsum.data();
+  const int nt = num_threads();
+#pragma omp parallel num_threads(nt)
+  {
+    FwdScratch<T> sc(mv, H);
+    for (int64_t ph = 0; ph < sch.num_phases(); ++ph) {
+#pragma omp for schedule(static, 1)
+      for (int64_t t = sch.phase_begin[ph]; t < sch.phase_begin[ph + 1]; ++t) {
+        attention_fwd_task<T, DC>(P, mv, sch.tasks[t], sc, out, lse, L);
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t h = 0; h < H; ++h) {
+        // Rows never updated (padding, lone atoms) keep m = −inf, l = 0: out 0 and lse −inf.
+        lse[r * H + h] = gt::online_softmax_finish<T>(lse[r * H + h], L[r * H + h], out + (r * H + h) * D,
+                                                      static_cast<int>(D));
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Backward.
+
+template <class T>
+struct BwdProblem : AttnProblem<T> {
+  const T* dout;
+  const T* lse;
+  const T* Dv;  // [R][H]: dout·out per head
+  T* dq;
+  T* dk;
+  T* dv;
+  T* dpos;
+};
+
+template <class T>
+struct BwdScratch {
+  TaskRows rows;
+  std::vector<T> ws, bws;
+  explicit BwdScratch(const gt::MlpView<T>& mv)
+      : ws(gt::tile_ws_size<T, kTilePairs>(mv)), bws(std::max<int64_t>(gt::tile_bws_size<T, kTilePairs>(mv), 1)) {}
+};
+
+// Attention backward of the pair {i, j} with gate g, all heads, both directions (query i / key j and
+// query j / key i). Returns dg_ij + dg_ji (d loss / d g summed over heads).
+template <class T, int DC>
+T pair_backward(const BwdProblem<T>& P, int64_t i, int64_t j, T g) {
+  const int64_t H = P.H;
+  const int64_t D = DC > 0 ? DC : P.D;
+  const int64_t HD = H * D;
+  const T scale = P.scale;
+  const T* qi = P.q + i * HD;
+  const T* ki = P.k + i * HD;
+  const T* vi = P.v + i * HD;
+  const T* doi = P.dout + i * HD;
+  const T* qj = P.q + j * HD;
+  const T* kj = P.k + j * HD;
+  const T* vj = P.v + j * HD;
+  const T* doj = P.dout + j * HD;
+  const T* lse_i = P.lse + i * H;
+  const T* lse_j = P.lse + j * H;
+  const T* Dv_i = P.Dv + i * H;
+  const T* Dv_j = P.Dv + j * H;
+  T* dqi = P.dq + i * HD;
+  T* dki = P.dk + i * HD;
+  T* dvi = P.dv + i * HD;
+  T* dqj = P.dq + j * HD;
+  T* dkj = P.dk + j * HD;
+  T* dvj = P.dv + j * HD;
+  T dg = T(0);
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t o = h * D;
+    T s1 = T(0), s2 = T(0), dA1 = T(0), dA2 = T(0);
+    for (int64_t d = 0; d < D; ++d) {
+      s1 += qi[o + d] * kj[o + d];
+      s2 += qj[o + d] * ki[o + d];
+      dA1 += doi[o + d] * vj[o + d];
+      dA2 += doj[o + d] * vi[o + d];
+    }
+    const T p1 = gt::gt_exp(s1 * scale - lse_i[h]);  // P_ij
+    const T p2 = gt::gt_exp(s2 * scale - lse_j[h]);  // P_ji
+    dg += p1 * dA1 + p2 * dA2;
+    const T a1 = scale * p1 * (g * dA1 - Dv_i[h]);  // scale · dS_ij
+    const T a2 = scale * p2 * (g * dA2 - Dv_j[h]);  // scale · dS_ji
+    const T pg1 = p1 * g;
+    const T pg2 = p2 * g;
+    for (int64_t d = 0; d < D; ++d) {
+      dqi[o + d] += a1 * kj[o + d];
+      dkj[o + d] += a1 * qi[o + d];
+      dvj[o + d] += pg1 * doi[o + d];
+      dqj[o + d] += a2 * ki[o + d];
+      dki[o + d] += a2 * qj[o + d];
+      dvi[o + d] += pg2 * doj[o + d];
+    }
+  }
+  return dg;
+}
+
+template <class T, int DC>
+void attention_bwd_task(const BwdProblem<T>& P, const gt::MlpView<T>& mv, const PairTask& task, BwdScratch<T>& sc,
+                        T* grad) {
+  TaskRows& tr = sc.rows;
+  if (!tr.load(task, P.valid)) return;
+  const int64_t* vj = tr.rows_j();
+  T x[kTilePairs], y[kTilePairs], dy[kTilePairs], dx[kTilePairs], gi[kTilePairs][3];
+  for (int c0 = 0; c0 < tr.npairs; c0 += kTilePairs) {
+    const int n = std::min(kTilePairs, tr.npairs - c0);
+    for (int p = 0; p < kTilePairs; ++p) {  // padding pairs of the last tile: rinv 0, no gradient
+      x[p] = T(0);
+      dy[p] = T(0);
+    }
+    for (int p = 0; p < n; ++p) {
+      x[p] = gt::inverse_distance<T>(P.pos + 3 * tr.vi[tr.pa[c0 + p]], P.pos + 3 * vj[tr.pb[c0 + p]], gi[p]);
+    }
+    gt::mlp_forward_tile<T, kTilePairs>(mv, x, sc.ws.data(), y);
+    for (int p = 0; p < n; ++p) {
+      const int64_t i = tr.vi[tr.pa[c0 + p]];
+      const int64_t j = vj[tr.pb[c0 + p]];
+      dy[p] = T(2) * y[p] * pair_backward<T, DC>(P, i, j, y[p] * y[p]);  // dL/dψ = 2ψ·dg
+    }
+    gt::mlp_backward_tile<T, kTilePairs>(mv, x, sc.ws.data(), dy, grad, sc.bws.data(), dx);
+    for (int p = 0; p < n; ++p) {
+      T* dpi = P.dpos + 3 * tr.vi[tr.pa[c0 + p]];
+      T* dpj = P.dpos + 3 * vj[tr.pb[c0 + p]];
+      for (int c = 0; c < 3; ++c) {
+        dpi[c] += dx[p] * gi[p][c];
+        dpj[c] -= dx[p] * gi[p][c];
+      }
+    }
+  }
+}
+
+template <class T, int DC>
+void attention_bwd_impl(const BwdProblem<T>& P, const gt::MlpView<T>& mv, const Schedule& sch,
+                        std::vector<T>& partials, int nt) {
+  const int64_t gsize = mv.grad_size;
+#pragma omp parallel num_threads(nt)
+  {
+    BwdScratch<T> sc(mv);
+    T* grad = partials.data() + static_cast<int64_t>(thread_id()) * gsize;
+    for (int64_t ph = 0; ph < sch.num_phases(); ++ph) {
+#pragma omp for schedule(static, 1)
+      for (int64_t t = sch.phase_begin[ph]; t < sch.phase_begin[ph + 1]; ++t) {
+        attention_bwd_task<T, DC>(P, mv, sch.tasks[t], sc, grad);
+      }
+    }
+  }
+}
+
+// Dispatch on the head dimension: small powers of two get a compile-time D.
+template <class F>
+void dispatch_head_dim(int64_t D, F&& f) {
+  switch (D) {
+    case 1: f(std::integral_constant<int, 1>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    case 4: f(std::integral_constant<int, 4>()); break;
+    case 8: f(std::integral_constant<int, 8>()); break;
+    case 16: f(std::integral_constant<int, 16>()); break;
+    case 32: f(std::integral_constant<int, 32>()); break;
+    case 64: f(std::integral_constant<int, 64>()); break;
+    default: f(std::integral_constant<int, 0>()); break;
+  }
+}
+
+template <class T>
+void attention_fwd_typed(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos,
+                         at::TensorList psi, const Schedule& sch, const std::optional<at::Tensor>& valid,
+                         double scale, at::Tensor& out, at::Tensor& lse) {
+  const int64_t R = q.size(0), H = q.size(1), D = q.size(2);
+  PackedMlp<T> pk = pack_mlp<T>(psi, gt::kActRelu, gt::kActNone);
+  AttnProblem<T> P{q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), pos.data_ptr<T>(),
+                   valid.has_value() ? valid->data_ptr<bool>() : nullptr, H, D, static_cast<T>(scale)};
+  dispatch_head_dim(D, [&](auto dc) {
+    attention_fwd_impl<T, decltype(dc)::value>(P, pk.view, sch, R, out.data_ptr<T>(), lse.data_ptr<T>());
+  });
+}
+
+// Dv[r][h] = dout_r,h · out_r,h
+template <class T>
+void compute_Dv(const T* po, const T* pd, int64_t R, int64_t H, int64_t D, T* pD) {
+  const int nt = num_threads();
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t h = 0; h < H; ++h) {
+      T s = T(0);
+      const int64_t o = (r * H + h) * D;
+      for (int64_t d = 0; d < D; ++d) s += pd[o + d] * po[o + d];
+      pD[r * H + h] = s;
+    }
+  }
+}
+
+template <class T>
+std::vector<at::Tensor> attention_bwd_typed(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                            const at::Tensor& v, const at::Tensor& pos, at::TensorList psi,
+                                            const Schedule& sch, const std::optional<at::Tensor>& valid,
+                                            double scale, const at::Tensor& out, const at::Tensor& lse,
+                                            at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& dpos) {
+  const int64_t R = q.size(0), H = q.size(1), D = q.size(2);
+  PackedMlp<T> pk = pack_mlp<T>(psi, gt::kActRelu, gt::kActNone);
+  std::vector<T> Dv(static_cast<size_t>(R * H));
+  compute_Dv<T>(out.data_ptr<T>(), dout.data_ptr<T>(), R, H, D, Dv.data());
+  BwdProblem<T> P;
+  static_cast<AttnProblem<T>&>(P) = AttnProblem<T>{
+      q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), pos.data_ptr<T>(),
+      valid.has_value() ? valid->data_ptr<bool>() : nullptr, H, D, static_cast<T>(scale)};
+  P.dout = dout.data_ptr<T>();
+  P.lse = lse.data_ptr<T>();
+  P.Dv = Dv.data();
+  P.dq = dq.data_ptr<T>();
+  P.dk = dk.data_ptr<T>();
+  P.dv = dv.data_ptr<T>();
+  P.dpos = dpos.data_ptr<T>();
+  const int nt = num_threads();
+  const int64_t gsize = pk.view.grad_size;
+  std::vector<T> partials(static_cast<size_t>(nt * gsize), T(0));
+  dispatch_head_dim(D, [&](auto dc) { attention_bwd_impl<T, decltype(dc)::value>(P, pk.view, sch, partials, nt); });
+  const std::vector<T> total = reduce_partials<T>(partials, nt, gsize);
+  return unpack_mlp_grad<T>(pk.view, total.data(), psi);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                     const at::Tensor& pos, at::TensorList psi,
+                                                     const at::Tensor& seg, const std::optional<at::Tensor>& valid,
+                                                     double scale) {
+  const int64_t R = q.size(0), H = q.size(1), D = q.size(2);
+  at::Tensor out = at::zeros({R, H, D}, q.options());
+  at::Tensor lse = at::full({R, H}, -std::numeric_limits<double>::infinity(), q.options());
+  const Schedule sch = make_schedule(seg);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gtkernels attention_fwd", [&] {
+    attention_fwd_typed<scalar_t>(q, k, v, pos, psi, sch, valid, scale, out, lse);
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> attention_bwd_cpu(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos,
+    at::TensorList psi, const at::Tensor& seg, const std::optional<at::Tensor>& valid, double scale,
+    const at::Tensor& out, const at::Tensor& lse) {
+  at::Tensor dq = at::zeros_like(q);
+  at::Tensor dk = at::zeros_like(k);
+  at::Tensor dv = at::zeros_like(v);
+  at::Tensor dpos = at::zeros_like(pos);
+  std::vector<at::Tensor> dpsi;
+  const Schedule sch = make_schedule(seg);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gtkernels attention_bwd", [&] {
+    dpsi = attention_bwd_typed<scalar_t>(dout, q, k, v, pos, psi, sch, valid, scale, out, lse, dq, dk, dv, dpos);
+  });
+  return {dq, dk, dv, dpos, dpsi};
+}
+
+}  // namespace gtk
