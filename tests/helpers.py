@@ -72,4 +72,5 @@ def attention_inputs(mols: Sequence[Molecule], heads: int, d: int, dtype=torch.f
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a − b| / max(max |b|, 1e-30)."""
+    a, b = a.detach(), b.detach()
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)) if b.numel() else 0.0

@@ -167,11 +167,12 @@ def test_encoding_gradcheck():
 
 
 # -------------------------------------------------------------------------------------------------------- modules
-def test_module_matches_reference_module_via_state_dict():
+def test_module_matches_reference_module_via_saved_state_dict(tmp_path):
     torch.manual_seed(0)
     ref = R.GeometricAttention(64, 8).double()
+    torch.save(ref.state_dict(), tmp_path / "attn.pt")
     fused = gtkernels.FusedGeometricAttention(64, 8, backend="cpu").double()
-    fused.load_state_dict(ref.state_dict())
+    fused.load_state_dict(torch.load(tmp_path / "attn.pt", weights_only=True))
     mols = qm9_molecules(4)
     from gtkernels.data import pad
     z, pos, mask = pad(mols, torch.float64)

@@ -168,3 +168,14 @@ def test_packed_equals_padded_reference():
     with torch.no_grad():
         torch.testing.assert_close(R.geometric_attention(qp, kp, vp, posp, psi, cu_seqlens=cu),
                                    R.geometric_attention(q, k, v, pos, psi, mask)[mask])
+
+
+def test_model_packed_equals_padded():
+    torch.manual_seed(1)
+    model = R.GeometricTransformer(num_layers=2, d_model=16, num_heads=2, psi_hidden=8, mean=0.3, std=2.0,
+                                   atomref=torch.linspace(-1, 1, 50)).double()
+    from gtkernels.data import pack, pad
+    mols = random_molecules([5, 1, 8]) + qm9_molecules(2)
+    z, pos, mask = pad(mols, torch.float64)
+    zp, posp, cu = pack(mols, torch.float64)
+    torch.testing.assert_close(model(zp, posp, cu_seqlens=cu), model(z, pos, mask))
