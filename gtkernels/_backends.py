@@ -33,12 +33,26 @@ def backends() -> List[str]:
     return names
 
 
-def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, dropout_p: float = 0.0) -> str:
-    """Turn ``backend`` (possibly ``"auto"``) into a concrete backend able to run this request, or raise."""
+#: Limits of the compiled kernels' MLPs (csrc/pair_math.h kMaxWidth, kMaxLayers).
+MAX_MLP_WIDTH, MAX_MLP_LAYERS = 128, 5
+
+
+def mlp_fits_kernels(params) -> bool:
+    """True when an MLP ``[W0, b0, ...]`` is within the compiled kernels' width and depth limits."""
+    return len(params) // 2 <= MAX_MLP_LAYERS and max(p.shape[0] for p in params[::2]) <= MAX_MLP_WIDTH
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, dropout_p: float = 0.0,
+                    mlp_ok: bool = True) -> str:
+    """Turn ``backend`` (possibly ``"auto"``) into a concrete backend able to run this request, or raise.
+
+    ``mlp_ok`` says whether the request's ψω/φ MLP fits the compiled kernels (:func:`mlp_fits_kernels`).
+    """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        if device.type == "cpu" and extension_available() and dtype in CPU_DTYPES and dropout_p == 0.0:
+        if (device.type == "cpu" and extension_available() and dtype in CPU_DTYPES and dropout_p == 0.0
+                and mlp_ok):
             return "cpu"
         return "reference"
     if backend == "reference":
@@ -58,6 +72,9 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, drop
     if dtype not in CPU_DTYPES:
         raise TypeError(f"backend='cpu' supports float32 and float64, got {dtype}; "
                         "cast the inputs or use backend='reference'")
+    if not mlp_ok:
+        raise ValueError(f"backend='cpu' supports MLPs of at most {MAX_MLP_LAYERS} Linear layers of width <= "
+                         f"{MAX_MLP_WIDTH}; use backend='reference' for wider or deeper ones")
     if dropout_p != 0.0:
         raise NotImplementedError(
             f"backend='cpu' does not implement attention dropout (dropout_p={dropout_p}); the paper uses 0. "

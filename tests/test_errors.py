@@ -119,6 +119,12 @@ def test_backend_that_cannot_run_says_what_would(padded):
         attn(*padded, dropout_p=0.1, backend="cpu")
     with pytest.raises(NotImplementedError, match="not built"):
         attn(*padded, backend="triton")
+    wide = mlp_params([200])
+    with pytest.raises(ValueError, match="width <= 128"):
+        attn(q, k, v, pos, mask, wide, backend="cpu")
+    # auto falls back to the reference for what the kernels cannot run, and says nothing wrong
+    torch.testing.assert_close(attn(q, k, v, pos, mask, wide),
+                               attn(q, k, v, pos, mask, wide, backend="reference"))
 
 
 def test_degenerate_inputs_give_zeros(padded):

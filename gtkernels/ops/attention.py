@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 import gtkernels_py
-from .._backends import resolve_backend
+from .._backends import mlp_fits_kernels, resolve_backend
 from . import registry, validation as V
 from .layout import packed_segments, padded_segments, padded_to_rows
 
@@ -53,7 +53,7 @@ def geometric_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi_params
         V.check_values(pos, mask, cu_seqlens)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
 
-    backend = resolve_backend(backend, q.device, q.dtype, dropout_p)
+    backend = resolve_backend(backend, q.device, q.dtype, dropout_p, mlp_fits_kernels(psi_params))
     if backend == "reference":
         return gtkernels_py.geometric_attention(q, k, v, pos, psi_params, mask, cu_seqlens=cu_seqlens,
                                                 scale=scale, dropout_p=dropout_p)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 import gtkernels_py
-from .._backends import resolve_backend
+from .._backends import mlp_fits_kernels, resolve_backend
 from . import registry, validation as V
 from .layout import packed_segments, padded_segments, padded_to_rows
 
@@ -34,7 +34,7 @@ def geometric_encoding(pos: Tensor, phi_params: Sequence[Tensor], mask: Optional
     if validate and not torch.compiler.is_compiling():
         V.check_values(pos, mask, cu_seqlens)
 
-    backend = resolve_backend(backend, pos.device, pos.dtype)
+    backend = resolve_backend(backend, pos.device, pos.dtype, mlp_ok=mlp_fits_kernels(phi_params))
     if backend == "reference":
         return gtkernels_py.geometric_encoding(pos, phi_params, mask, cu_seqlens=cu_seqlens)
     phi = [p.contiguous() for p in phi_params]
