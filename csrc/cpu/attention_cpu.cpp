@@ -65,10 +65,11 @@ struct FwdScratch {
   std::vector<T> ws;  // ψ tile workspace
   std::vector<T> S;   // [kBlock][H] scores of one query row against a key block
   std::vector<T> bm;  // [H] block max
+  std::vector<T> pg;  // [H] gated probabilities of one key
   std::vector<int64_t> keys;
   std::vector<T> gk;
   FwdScratch(const gt::MlpView<T>& mv, int64_t H)
-      : G(kBlock * kBlock), ws(gt::tile_ws_size<T, kTilePairs>(mv)), S(kBlock * H), bm(H), keys(kBlock),
+      : G(kBlock * kBlock), ws(gt::tile_ws_size<T, kTilePairs>(mv)), S(kBlock * H), bm(H), pg(H), keys(kBlock),
         gk(kBlock) {}
 };
 
@@ -88,10 +89,14 @@ void tile_gates(const gt::MlpView<T>& mv, const T* pos, const TaskRows& tr, T* w
   }
 }
 
+// Small head dims (compile-time D <= 4) vectorise across heads; larger ones along D within a head.
+template <int DC>
+constexpr bool kAcrossHeads = (DC > 0 && DC <= 4);
+
 // One query row against a list of keys: scores, block max, rescale, accumulate (gt:: online softmax).
-// DC: compile-time head dim (0 = runtime D).
+// DC: compile-time head dim (0 = runtime D). S: [nk][H] scratch, bm and pg: [H] scratch.
 template <class T, int DC>
-void row_update(const AttnProblem<T>& P, const T* qi, const int64_t* keys, const T* gk, int nk, T* S, T* bm,
+void row_update(const AttnProblem<T>& P, const T* qi, const int64_t* keys, const T* gk, int nk, T* S, T* bm, T* pg,
                 T* m, T* l, T* acc) {
   const int64_t H = P.H;
   const int64_t D = DC > 0 ? DC : P.D;
@@ -100,24 +105,44 @@ void row_update(const AttnProblem<T>& P, const T* qi, const int64_t* keys, const
   for (int t = 0; t < nk; ++t) {
     const T* kj = P.k + keys[t] * HD;
     T* St = S + t * H;
-    for (int64_t h = 0; h < H; ++h) {
-      T s = T(0);
-      for (int64_t d = 0; d < D; ++d) s += qi[h * D + d] * kj[h * D + d];
-      St[h] = s * scale;
+    if constexpr (kAcrossHeads<DC>) {
+      GT_SIMD
+      for (int64_t h = 0; h < H; ++h) {
+        T s = T(0);
+        for (int64_t d = 0; d < DC; ++d) s += qi[h * DC + d] * kj[h * DC + d];
+        St[h] = s * scale;
+      }
+    } else {
+      for (int64_t h = 0; h < H; ++h) {
+        T s = T(0);
+        GT_SIMD_REDUCE(s)
+        for (int64_t d = 0; d < D; ++d) s += qi[h * D + d] * kj[h * D + d];
+        St[h] = s * scale;
+      }
     }
   }
+  GT_SIMD
   for (int64_t h = 0; h < H; ++h) bm[h] = S[h];
   for (int t = 1; t < nk; ++t) {
     const T* St = S + t * H;
+    GT_SIMD
     for (int64_t h = 0; h < H; ++h) bm[h] = St[h] > bm[h] ? St[h] : bm[h];
   }
   for (int64_t h = 0; h < H; ++h) gt::online_softmax_rescale<T>(m[h], l[h], acc + h * D, static_cast<int>(D), bm[h]);
   for (int t = 0; t < nk; ++t) {
     const T* vj = P.v + keys[t] * HD;
-    const T* St = S + t * H;
-    const T g = gk[t];
-    for (int64_t h = 0; h < H; ++h) {
-      gt::online_softmax_accumulate<T>(m[h], l[h], acc + h * D, static_cast<int>(D), St[h], g, vj + h * D);
+    gt::online_softmax_probs<T>(static_cast<int>(H), m, l, S + t * H, gk[t], pg);
+    if constexpr (kAcrossHeads<DC>) {
+      GT_SIMD
+      for (int64_t h = 0; h < H; ++h) {
+        for (int64_t d = 0; d < DC; ++d) acc[h * DC + d] += pg[h] * vj[h * DC + d];
+      }
+    } else {
+      for (int64_t h = 0; h < H; ++h) {
+        const T w = pg[h];
+        GT_SIMD
+        for (int64_t d = 0; d < D; ++d) acc[h * D + d] += w * vj[h * D + d];
+      }
     }
   }
 }
@@ -143,7 +168,7 @@ void attention_fwd_task(const AttnProblem<T>& P, const gt::MlpView<T>& mv, const
     }
     if (nk == 0) continue;
     const int64_t i = tr.vi[a];
-    row_update<T, DC>(P, P.q + i * HD, sc.keys.data(), sc.gk.data(), nk, sc.S.data(), sc.bm.data(), M + i * H,
+    row_update<T, DC>(P, P.q + i * HD, sc.keys.data(), sc.gk.data(), nk, sc.S.data(), sc.bm.data(), sc.pg.data(), M + i * H,
                       Lsum + i * H, out + i * HD);
   }
   if (tr.diag) return;
@@ -154,7 +179,7 @@ void attention_fwd_task(const AttnProblem<T>& P, const gt::MlpView<T>& mv, const
       sc.gk[a] = sc.G[a * kBlock + b];
     }
     const int64_t j = vj[b];
-    row_update<T, DC>(P, P.q + j * HD, sc.keys.data(), sc.gk.data(), tr.nI, sc.S.data(), sc.bm.data(), M + j * H,
+    row_update<T, DC>(P, P.q + j * HD, sc.keys.data(), sc.gk.data(), tr.nI, sc.S.data(), sc.bm.data(), sc.pg.data(), M + j * H,
                       Lsum + j * H, out + j * HD);
   }
 }
@@ -205,60 +230,116 @@ template <class T>
 struct BwdScratch {
   TaskRows rows;
   std::vector<T> ws, bws;
-  explicit BwdScratch(const gt::MlpView<T>& mv)
-      : ws(gt::tile_ws_size<T, kTilePairs>(mv)), bws(std::max<int64_t>(gt::tile_bws_size<T, kTilePairs>(mv), 1)) {}
+  std::vector<T> hs;  // [6][H] per-head scratch of pair_backward
+  BwdScratch(const gt::MlpView<T>& mv, int64_t H)
+      : ws(gt::tile_ws_size<T, kTilePairs>(mv)), bws(std::max<int64_t>(gt::tile_bws_size<T, kTilePairs>(mv), 1)),
+        hs(6 * H) {}
 };
 
 // Attention backward of the pair {i, j} with gate g, all heads, both directions (query i / key j and
-// query j / key i). Returns dg_ij + dg_ji (d loss / d g summed over heads).
+// query j / key i). Returns dg_ij + dg_ji (d loss / d g summed over heads). hs: [6][H] scratch.
+// Three loops over the heads, each vectorisable: dot products; probabilities (fast_exp) and dS;
+// gradient updates.
 template <class T, int DC>
-T pair_backward(const BwdProblem<T>& P, int64_t i, int64_t j, T g) {
+T pair_backward(const BwdProblem<T>& P, int64_t i, int64_t j, T g, T* hs) {
   const int64_t H = P.H;
   const int64_t D = DC > 0 ? DC : P.D;
   const int64_t HD = H * D;
   const T scale = P.scale;
-  const T* qi = P.q + i * HD;
-  const T* ki = P.k + i * HD;
-  const T* vi = P.v + i * HD;
-  const T* doi = P.dout + i * HD;
-  const T* qj = P.q + j * HD;
-  const T* kj = P.k + j * HD;
-  const T* vj = P.v + j * HD;
-  const T* doj = P.dout + j * HD;
+  const T* __restrict qi = P.q + i * HD;
+  const T* __restrict ki = P.k + i * HD;
+  const T* __restrict vi = P.v + i * HD;
+  const T* __restrict doi = P.dout + i * HD;
+  const T* __restrict qj = P.q + j * HD;
+  const T* __restrict kj = P.k + j * HD;
+  const T* __restrict vj = P.v + j * HD;
+  const T* __restrict doj = P.dout + j * HD;
   const T* lse_i = P.lse + i * H;
   const T* lse_j = P.lse + j * H;
   const T* Dv_i = P.Dv + i * H;
   const T* Dv_j = P.Dv + j * H;
-  T* dqi = P.dq + i * HD;
-  T* dki = P.dk + i * HD;
-  T* dvi = P.dv + i * HD;
-  T* dqj = P.dq + j * HD;
-  T* dkj = P.dk + j * HD;
-  T* dvj = P.dv + j * HD;
-  T dg = T(0);
-  for (int64_t h = 0; h < H; ++h) {
-    const int64_t o = h * D;
-    T s1 = T(0), s2 = T(0), dA1 = T(0), dA2 = T(0);
-    for (int64_t d = 0; d < D; ++d) {
-      s1 += qi[o + d] * kj[o + d];
-      s2 += qj[o + d] * ki[o + d];
-      dA1 += doi[o + d] * vj[o + d];
-      dA2 += doj[o + d] * vi[o + d];
+  T* __restrict dqi = P.dq + i * HD;
+  T* __restrict dki = P.dk + i * HD;
+  T* __restrict dvi = P.dv + i * HD;
+  T* __restrict dqj = P.dq + j * HD;
+  T* __restrict dkj = P.dk + j * HD;
+  T* __restrict dvj = P.dv + j * HD;
+  T* x1 = hs;          // S_ij − lse_i, then scale·dS_ij
+  T* x2 = hs + H;      // S_ji − lse_j, then scale·dS_ji
+  T* c1 = hs + 2 * H;  // dA_ij = dout_i·v_j
+  T* c2 = hs + 3 * H;  // dA_ji = dout_j·v_i
+  T* e1 = hs + 4 * H;  // P_ij·g
+  T* e2 = hs + 5 * H;  // P_ji·g
+  if constexpr (kAcrossHeads<DC>) {
+    GT_SIMD
+    for (int64_t h = 0; h < H; ++h) {
+      T s1 = T(0), s2 = T(0), dA1 = T(0), dA2 = T(0);
+      for (int64_t d = 0; d < DC; ++d) {
+        const int64_t o = h * DC + d;
+        s1 += qi[o] * kj[o];
+        s2 += qj[o] * ki[o];
+        dA1 += doi[o] * vj[o];
+        dA2 += doj[o] * vi[o];
+      }
+      x1[h] = s1 * scale - lse_i[h];
+      x2[h] = s2 * scale - lse_j[h];
+      c1[h] = dA1;
+      c2[h] = dA2;
     }
-    const T p1 = gt::gt_exp(s1 * scale - lse_i[h]);  // P_ij
-    const T p2 = gt::gt_exp(s2 * scale - lse_j[h]);  // P_ji
-    dg += p1 * dA1 + p2 * dA2;
-    const T a1 = scale * p1 * (g * dA1 - Dv_i[h]);  // scale · dS_ij
-    const T a2 = scale * p2 * (g * dA2 - Dv_j[h]);  // scale · dS_ji
-    const T pg1 = p1 * g;
-    const T pg2 = p2 * g;
-    for (int64_t d = 0; d < D; ++d) {
-      dqi[o + d] += a1 * kj[o + d];
-      dkj[o + d] += a1 * qi[o + d];
-      dvj[o + d] += pg1 * doi[o + d];
-      dqj[o + d] += a2 * ki[o + d];
-      dki[o + d] += a2 * qj[o + d];
-      dvi[o + d] += pg2 * doj[o + d];
+  } else {
+    for (int64_t h = 0; h < H; ++h) {
+      T s1 = T(0), s2 = T(0), dA1 = T(0), dA2 = T(0);
+      const int64_t o = h * D;
+      GT_SIMD_REDUCE(s1, s2, dA1, dA2)
+      for (int64_t d = 0; d < D; ++d) {
+        s1 += qi[o + d] * kj[o + d];
+        s2 += qj[o + d] * ki[o + d];
+        dA1 += doi[o + d] * vj[o + d];
+        dA2 += doj[o + d] * vi[o + d];
+      }
+      x1[h] = s1 * scale - lse_i[h];
+      x2[h] = s2 * scale - lse_j[h];
+      c1[h] = dA1;
+      c2[h] = dA2;
+    }
+  }
+  T dg = T(0);
+  GT_SIMD_REDUCE(dg)
+  for (int64_t h = 0; h < H; ++h) {
+    const T p1 = gt::fast_exp(x1[h]);  // P_ij
+    const T p2 = gt::fast_exp(x2[h]);  // P_ji
+    dg += p1 * c1[h] + p2 * c2[h];
+    x1[h] = scale * p1 * (g * c1[h] - Dv_i[h]);
+    x2[h] = scale * p2 * (g * c2[h] - Dv_j[h]);
+    e1[h] = p1 * g;
+    e2[h] = p2 * g;
+  }
+  if constexpr (kAcrossHeads<DC>) {
+    GT_SIMD
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t d = 0; d < DC; ++d) {
+        const int64_t o = h * DC + d;
+        dqi[o] += x1[h] * kj[o];
+        dkj[o] += x1[h] * qi[o];
+        dvj[o] += e1[h] * doi[o];
+        dqj[o] += x2[h] * ki[o];
+        dki[o] += x2[h] * qj[o];
+        dvi[o] += e2[h] * doj[o];
+      }
+    }
+  } else {
+    for (int64_t h = 0; h < H; ++h) {
+      const T a1 = x1[h], a2 = x2[h], b1 = e1[h], b2 = e2[h];
+      const int64_t o = h * D;
+      GT_SIMD
+      for (int64_t d = 0; d < D; ++d) {
+        dqi[o + d] += a1 * kj[o + d];
+        dkj[o + d] += a1 * qi[o + d];
+        dvj[o + d] += b1 * doi[o + d];
+        dqj[o + d] += a2 * ki[o + d];
+        dki[o + d] += a2 * qj[o + d];
+        dvi[o + d] += b2 * doj[o + d];
+      }
     }
   }
   return dg;
@@ -284,7 +365,7 @@ void attention_bwd_task(const BwdProblem<T>& P, const gt::MlpView<T>& mv, const 
     for (int p = 0; p < n; ++p) {
       const int64_t i = tr.vi[tr.pa[c0 + p]];
       const int64_t j = vj[tr.pb[c0 + p]];
-      dy[p] = T(2) * y[p] * pair_backward<T, DC>(P, i, j, y[p] * y[p]);  // dL/dψ = 2ψ·dg
+      dy[p] = T(2) * y[p] * pair_backward<T, DC>(P, i, j, y[p] * y[p], sc.hs.data());  // dL/dψ = 2ψ·dg
     }
     gt::mlp_backward_tile<T, kTilePairs>(mv, x, sc.ws.data(), dy, grad, sc.bws.data(), dx);
     for (int p = 0; p < n; ++p) {
@@ -304,7 +385,7 @@ void attention_bwd_impl(const BwdProblem<T>& P, const gt::MlpView<T>& mv, const 
   const int64_t gsize = mv.grad_size;
 #pragma omp parallel num_threads(nt)
   {
-    BwdScratch<T> sc(mv);
+    BwdScratch<T> sc(mv, P.H);
     T* grad = partials.data() + static_cast<int64_t>(thread_id()) * gsize;
     for (int64_t ph = 0; ph < sch.num_phases(); ++ph) {
 #pragma omp for schedule(static, 1)
