@@ -50,8 +50,9 @@ def _extensions():
                  and CUDA_HOME is not None)
     use_cuda = want_cuda and len(cuda_sources) > 0
 
-    # -Wno-c++20-extensions: recent torch headers use a few C++20 extensions GCC accepts in C++17 mode.
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-Wno-c++20-extensions"]
+    # -Wno-c++20-extensions: recent torch headers use a few C++20 extensions GCC accepts in C++17 mode;
+    # -Wno-psabi: notes about vector-argument ABI when built without AVX-512 (inline helpers, harmless).
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-Wno-c++20-extensions", "-Wno-psabi"]
     if not _flag("GTKERNELS_PORTABLE"):
         cxx_flags.append("-march=native")
     nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]

@@ -5,11 +5,15 @@
 // What is here (DESIGN.md §2 and §5):
 //   * inverse distance rinv = 1/(‖p_i − p_j‖ + 1e-16) and its gradient with respect to p_i;
 //   * activations: ReLU and the exact (erf) GELU, with their derivatives as torch computes them;
+//   * a branch-free exp (fast_exp) that vectorises in loops;
 //   * a small MLP (ψω / φ) described by MlpView: per-pair forward (keeps the pre-activations) and backward
 //     (accumulates parameter gradients into one flat buffer, returns d out / d input), and the same on a
-//     tile of NP pairs at once, layer by layer as small matmuls whose inner loop over outputs is contiguous;
+//     tile of NP pairs at once, layer by layer as small matmuls whose inner loop over outputs is contiguous
+//     (register-blocked; meant for CPU cores — a GPU kernel would rather stage such tiles in shared memory);
 //   * the online-softmax update with un-gated statistics (running max m, running sum l) and a gated
 //     numerator acc = Σ exp(S − m)·g·v.
+// The CPU kernels use: inverse_distance, the tile MLP (ψ in the attention), the per-pair MLP (φ in the
+// encoding), online_softmax_rescale / _probs / _finish, fast_exp.
 //
 // MLP layout. Layers [W0, b0, ..., Wn, bn] in nn.Linear layout (W: [out][in]); layer 0 has in = 1, the last
 // layer out = 1; widths ≤ kMaxWidth; hidden activation after every layer but the last; optional output
@@ -17,7 +21,8 @@
 //   wt[l] : W transposed, [in][ld[l]], columns out..ld[l]-1 zero   (inner loop over outputs is contiguous)
 //   w[l]  : W as nn.Linear, [out][ldin[l]], columns in..ldin[l]-1 zero (used by the backward input grad)
 //   b[l]  : [ld[l]], zero padded
-// ld[l] = out rounded up to kVec<T> (a 64-byte line) for every layer except the last, where ld = 1;
+// ld[l] = out rounded up to kPad<T> (a multiple of the SIMD line, see GT_LINE_BYTES, and of kTileRows) for
+// every layer except the last, where ld = 1;
 // ldin[l] = 1 for layer 0 and ld[l-1] otherwise. Zero padding makes padded columns exactly 0 (act(0) = 0 for
 // ReLU and GELU), so the tile loops can run over padded widths without masks.
 // The flat gradient buffer holds, per layer, dWt[ldin[l]][ld[l]] at gwt[l] (transposed like wt) and db[ld[l]]
@@ -34,26 +39,31 @@
 #define GT_HD
 #endif
 
-// Loop hints. `omp simd` only when OpenMP is on (CPU build with -fopenmp); nothing under nvcc.
-// GT_SIMD_REDUCE(a, b): a simd loop whose sums a, b may be reassociated (vectorised reduction).
-#define GT_PRAGMA(x) _Pragma(#x)
+// Small elementwise functions called inside vectorised loops must be inlined (a call blocks vectorisation).
 #if defined(__CUDACC__)
-#define GT_SIMD
-#define GT_SIMD_REDUCE(...)
-#define GT_UNROLL _Pragma("unroll")
-#elif defined(_OPENMP)
+#define GT_FORCE_INLINE __forceinline__
+#elif defined(__GNUC__) || defined(__clang__)
+#define GT_FORCE_INLINE inline __attribute__((always_inline))
+#else
+#define GT_FORCE_INLINE inline
+#endif
+
+// Loop hints. GT_SIMD: `omp simd` (iterations independent, vectorise); GT_SIMD_REDUCE(a, b): the same for
+// a loop whose sums a, b may be reassociated (vectorised reduction). Active with OpenMP (the CPU build uses
+// -fopenmp), empty under nvcc. GT_UNROLL: full unrolling of short constant loops.
+#define GT_PRAGMA(x) _Pragma(#x)
+#if defined(_OPENMP) && !defined(__CUDACC__)
 #define GT_SIMD _Pragma("omp simd")
 #define GT_SIMD_REDUCE(...) GT_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
-#if defined(__clang__)
+#else
+#define GT_SIMD
+#define GT_SIMD_REDUCE(...)
+#endif
+#if defined(__CUDACC__) || defined(__clang__)
 #define GT_UNROLL _Pragma("unroll")
 #elif defined(__GNUC__)
 #define GT_UNROLL _Pragma("GCC unroll 16")
 #else
-#define GT_UNROLL
-#endif
-#else
-#define GT_SIMD
-#define GT_SIMD_REDUCE(...)
 #define GT_UNROLL
 #endif
 
@@ -66,13 +76,26 @@ constexpr int kTileRows = 8;            // pairs per register block in the tile 
 
 enum Activation : int { kActNone = 0, kActRelu = 1, kActGelu = 2 };
 
-// Elements of T in one 64-byte line: the padding granule of MLP widths and the column block of the tiles.
+// Bytes of a "line", the host SIMD width the tile loops are written for: 64 with AVX-512, 32 with AVX,
+// 16 otherwise (SSE2, NEON); 64 under nvcc (where lines are plain arrays).
+#if defined(__CUDACC__) || defined(__AVX512F__)
+#define GT_LINE_BYTES 64
+#elif defined(__AVX__)
+#define GT_LINE_BYTES 32
+#else
+#define GT_LINE_BYTES 16
+#endif
+
+// Elements of T in one line: the column block of the tiles.
 template <class T>
 struct VecWidth {
-  static constexpr int value = 64 / static_cast<int>(sizeof(T));
+  static constexpr int value = GT_LINE_BYTES / static_cast<int>(sizeof(T));
 };
 template <class T>
 constexpr int kVec = VecWidth<T>::value;
+// Padding granule of the MLP widths (a multiple of the line and of kTileRows).
+template <class T>
+constexpr int kPad = kVec<T> > kTileRows ? kVec<T> : kTileRows;
 
 GT_HD inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
@@ -84,8 +107,6 @@ GT_HD inline float gt_log(float x) { return logf(x); }
 GT_HD inline double gt_log(double x) { return log(x); }
 GT_HD inline float gt_sqrt(float x) { return sqrtf(x); }
 GT_HD inline double gt_sqrt(double x) { return sqrt(x); }
-GT_HD inline float gt_erf(float x) { return erff(x); }
-GT_HD inline double gt_erf(double x) { return erf(x); }
 template <class T>
 GT_HD inline T gt_max(T a, T b) { return a > b ? a : b; }
 template <class T>
@@ -103,7 +124,7 @@ GT_HD inline To bit_cast(From f) {
 // |r| <= ln2/2, Taylor polynomial (degree 13 for double, 8 for float), 2^k built in the exponent bits.
 // Max relative error about 1.5 ulp (double 3e-16, float 8e-8) over the whole range; exp(x) = 0 below
 // -708 (double) / -87 (float), i.e. no denormals; exp(-inf) = 0.
-GT_HD inline double fast_exp(double x) {
+GT_HD GT_FORCE_INLINE double fast_exp(double x) {
   const double xc = x < -708.0 ? -708.0 : (x > 709.0 ? 709.0 : x);
   const double kd = (xc * 1.4426950408889634074 + 6755399441055744.0) - 6755399441055744.0;  // round(x/ln2)
   const double r = (xc - kd * 6.93147180369123816490e-01) - kd * 1.90821492927058770002e-10;
@@ -124,7 +145,7 @@ GT_HD inline double fast_exp(double x) {
   const double scale = bit_cast<double>(static_cast<uint64_t>(static_cast<int64_t>(kd) + 1023) << 52);
   return x < -708.0 ? 0.0 : p * scale;
 }
-GT_HD inline float fast_exp(float x) {
+GT_HD GT_FORCE_INLINE float fast_exp(float x) {
   const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
   const float kd = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x/ln2)
   const float r = (xc - kd * 0.693359375f) - kd * -2.12194440e-4f;
@@ -142,21 +163,79 @@ GT_HD inline float fast_exp(float x) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// erf for the GELU. float: branch-free, so loops over it vectorise: erf(x) = x·P(x²) for |x| < 1 and
+// 1 − exp(−x²)·Q(|x|) above (Q fits erfc·exp(x²) on [1, 4]; erf = 1 in float beyond 4), Chebyshev fits,
+// max abs error 1.3e-7 (2 ulp). double: the C library's erf (double serves exactness checks).
+GT_HD GT_FORCE_INLINE float gelu_erf(float x) {
+  const float a = fabsf(x);
+  const float u = a * a;
+  float pa = 7.88250044e-05f;
+  pa = pa * u - 0.000801885901f;
+  pa = pa * u + 0.00518931281f;
+  pa = pa * u - 0.0268543295f;
+  pa = pa * u + 0.112835975f;
+  pa = pa * u - 0.376126269f;
+  pa = pa * u + 1.12837917f;
+  const float ra = a * pa;
+  const float ac = a < 4.0f ? a : 4.0f;
+  const float t = (ac - 2.5f) * (1.0f / 1.5f);
+  float q = 9.64057038e-05f;
+  q = q * t - 0.000245505769f;
+  q = q * t + 0.000367865998f;
+  q = q * t - 0.000915557422f;
+  q = q * t + 0.00242588718f;
+  q = q * t - 0.00561176696f;
+  q = q * t + 0.012484035f;
+  q = q * t - 0.0269977904f;
+  q = q * t + 0.0561109585f;
+  q = q * t - 0.111521401f;
+  q = q * t + 0.210806358f;
+  const float rb = 1.0f - fast_exp(-ac * ac) * q;
+  const float r = a < 1.0f ? ra : rb;
+  return x < 0.0f ? -r : r;
+}
+GT_HD inline double gelu_erf(double x) { return erf(x); }
+
 // Activations (torch semantics: relu'(0) = 0; GELU exact, derivative cdf + x·pdf).
 template <class T>
-GT_HD inline T relu(T x) { return x > T(0) ? x : T(0); }
+GT_HD GT_FORCE_INLINE T relu(T x) { return x > T(0) ? x : T(0); }
 template <class T>
-GT_HD inline T relu_grad(T x) { return x > T(0) ? T(1) : T(0); }
+GT_HD GT_FORCE_INLINE T relu_grad(T x) { return x > T(0) ? T(1) : T(0); }
 
 template <class T>
-GT_HD inline T gelu(T x) {
-  return x * T(0.5) * (T(1) + gt_erf(x * T(0.70710678118654752440)));
+GT_HD GT_FORCE_INLINE T gelu(T x) {
+  return x * T(0.5) * (T(1) + gelu_erf(x * T(0.70710678118654752440)));
 }
 template <class T>
-GT_HD inline T gelu_grad(T x) {
-  const T cdf = T(0.5) * (T(1) + gt_erf(x * T(0.70710678118654752440)));
-  const T pdf = T(0.39894228040143267794) * gt_exp(T(-0.5) * x * x);  // 1/sqrt(2π) · exp(−x²/2)
+GT_HD GT_FORCE_INLINE T gelu_grad(T x) {
+  const T cdf = T(0.5) * (T(1) + gelu_erf(x * T(0.70710678118654752440)));
+  const T pdf = T(0.39894228040143267794) * fast_exp(T(-0.5) * x * x);  // 1/sqrt(2π) · exp(−x²/2)
   return cdf + x * pdf;
+}
+
+// Elementwise over n values, one loop per activation so that each vectorises.
+template <class T>
+GT_HD inline void activate_n(int act, const T* z, T* a, int n) {
+  if (act == kActRelu) {
+    GT_SIMD
+    for (int e = 0; e < n; ++e) a[e] = relu(z[e]);
+  } else if (act == kActGelu) {
+    GT_SIMD
+    for (int e = 0; e < n; ++e) a[e] = gelu(z[e]);
+  } else {
+    for (int e = 0; e < n; ++e) a[e] = z[e];
+  }
+}
+// d[e] *= act'(z[e])
+template <class T>
+GT_HD inline void mul_activate_grad_n(int act, const T* z, T* d, int n) {
+  if (act == kActRelu) {
+    GT_SIMD
+    for (int e = 0; e < n; ++e) d[e] = z[e] > T(0) ? d[e] : T(0);
+  } else if (act == kActGelu) {
+    GT_SIMD
+    for (int e = 0; e < n; ++e) d[e] *= gelu_grad(z[e]);
+  }
 }
 
 template <class T>
@@ -207,7 +286,7 @@ struct MlpView {
   int64_t gwt[kMaxLayers] = {};
   int64_t gb[kMaxLayers] = {};
   int64_t grad_size = 0;  // elements of the flat gradient buffer
-  int max_ld = 0;         // max ld over the hidden (non-last) layers, ≥ kVec<T>
+  int max_ld = 0;         // max ld over the hidden (non-last) layers, ≥ kPad<T>
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -236,8 +315,7 @@ GT_HD inline T mlp_forward_pair(const MlpView<T>& m, T x, T* z, T* a) {
         for (int o = 0; o < n_out; ++o) zl[o] += ai * wrow[o];
       }
     }
-    const int act = (l < L - 1) ? m.hidden_act : m.out_act;
-    for (int o = 0; o < n_out; ++o) al[o] = activate(act, zl[o]);
+    activate_n((l < L - 1) ? m.hidden_act : m.out_act, zl, al, n_out);
   }
   return a[(L - 1) * kMaxWidth];
 }
@@ -282,8 +360,7 @@ GT_HD inline T mlp_backward_pair(const MlpView<T>& m, T x, const T* z, const T* 
         GT_SIMD
         for (int i = 0; i < n_in; ++i) prev[i] += co * wrow[i];
       }
-      const T* zp = z + (l - 1) * kMaxWidth;
-      for (int i = 0; i < n_in; ++i) prev[i] *= activate_grad(m.hidden_act, zp[i]);
+      mul_activate_grad_n(m.hidden_act, z + (l - 1) * kMaxWidth, prev, n_in);
       T* t = cur;
       cur = prev;
       prev = t;
@@ -293,14 +370,13 @@ GT_HD inline T mlp_backward_pair(const MlpView<T>& m, T x, const T* z, const T* 
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Lines: kVec<T> consecutive values (64 bytes). On the host with GCC/Clang they are native vectors (one
-// AVX-512 register, or two AVX2 ones: the compiler splits them), elsewhere (or with GT_NO_VECTOR_LINES,
-// used to test that path on the host) a plain array.
+// Lines: kVec<T> consecutive values (GT_LINE_BYTES). On the host with GCC/Clang they are native vectors (one
+// SIMD register), elsewhere (or with GT_NO_VECTOR_LINES, used to test that path on the host) a plain array.
 #if !defined(__CUDACC__) && !defined(GT_NO_VECTOR_LINES) && (defined(__GNUC__) || defined(__clang__))
 #define GT_VECTOR_LINES 1
 template <class T>
 struct LineType {
-  typedef T type __attribute__((vector_size(64), aligned(sizeof(T)), may_alias));
+  typedef T type __attribute__((vector_size(GT_LINE_BYTES), aligned(sizeof(T)), may_alias));
 };
 template <class T>
 using Line = typename LineType<T>::type;
@@ -543,9 +619,7 @@ GT_HD inline void mlp_forward_tile(const MlpView<T>& m, const T* x, T* ws, T* y)
             line_store<T>(zr + o, z);
           }
         }
-        if (!relu) {
-          for (int o = 0; o < ld; ++o) ar[o] = activate(m.hidden_act, zr[o]);
-        }
+        if (!relu) activate_n(m.hidden_act, zr, ar, ld);
       }
     }
     // Hidden layers.
@@ -559,8 +633,7 @@ GT_HD inline void mlp_forward_tile(const MlpView<T>& m, const T* x, T* ws, T* y)
         tile_matmul<T, NP>(Ap, ldp, m.in[l], m.wt[l], ld, m.b[l], A, true);
       } else {
         tile_matmul<T, NP>(Ap, ldp, m.in[l], m.wt[l], ld, m.b[l], Z, false);
-        const int64_t n = static_cast<int64_t>(NP) * ld;
-        for (int64_t e = 0; e < n; ++e) A[e] = activate(m.hidden_act, Z[e]);
+        activate_n(m.hidden_act, Z, A, NP * ld);
       }
     }
     // Last layer (out = 1): a dot product over the (zero-padded) input.
@@ -634,7 +707,7 @@ GT_HD inline void mlp_backward_tile(const MlpView<T>& m, const T* x, const T* ws
     if (relu) {
       for (int64_t e = 0; e < n; e += C) line_store<T>(dcur + e, line_mask_pos<T>(line_load<T>(dcur + e), line_load<T>(A + e)));
     } else {
-      for (int64_t e = 0; e < n; ++e) dcur[e] *= activate_grad(m.hidden_act, Z[e]);
+      mul_activate_grad_n(m.hidden_act, Z, dcur, static_cast<int>(n));
     }
     // bias gradient
     T* gbias = grad + m.gb[l];

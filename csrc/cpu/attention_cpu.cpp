@@ -38,25 +38,6 @@ struct AttnProblem {
   T scale;
 };
 
-// Rows of the two blocks of a task and the list of their pairs.
-struct TaskRows {
-  std::vector<int64_t> vi, vj;
-  std::vector<uint8_t> pa, pb;
-  int nI = 0, nJ = 0, npairs = 0;
-  bool diag = false;
-  TaskRows() : vi(kBlock), vj(kBlock), pa(kBlock * kBlock), pb(kBlock * kBlock) {}
-  const int64_t* rows_j() const { return diag ? vi.data() : vj.data(); }
-  // Returns false when the task has no pair.
-  bool load(const PairTask& t, const bool* valid) {
-    diag = t.diag();
-    nI = collect_valid(valid, t.i0, t.i1, vi.data());
-    nJ = diag ? nI : collect_valid(valid, t.j0, t.j1, vj.data());
-    if (nI == 0 || nJ == 0) return false;
-    npairs = make_pairs(nI, nJ, diag, pa.data(), pb.data());
-    return npairs > 0;
-  }
-};
-
 // Per-thread scratch of the forward, sized once.
 template <class T>
 struct FwdScratch {

@@ -110,6 +110,25 @@ inline int make_pairs(int nI, int nJ, bool diag, uint8_t* pa, uint8_t* pb) {
 }
 static_assert(kBlock <= 256, "pair indices are stored as uint8");
 
+// Rows of the two blocks of a task and the list of their pairs.
+struct TaskRows {
+  std::vector<int64_t> vi, vj;
+  std::vector<uint8_t> pa, pb;
+  int nI = 0, nJ = 0, npairs = 0;
+  bool diag = false;
+  TaskRows() : vi(kBlock), vj(kBlock), pa(kBlock * kBlock), pb(kBlock * kBlock) {}
+  const int64_t* rows_j() const { return diag ? vi.data() : vj.data(); }
+  // Returns false when the task has no pair.
+  bool load(const PairTask& t, const bool* valid) {
+    diag = t.diag();
+    nI = collect_valid(valid, t.i0, t.i1, vi.data());
+    nJ = diag ? nI : collect_valid(valid, t.j0, t.j1, vj.data());
+    if (nI == 0 || nJ == 0) return false;
+    npairs = make_pairs(nI, nJ, diag, pa.data(), pb.data());
+    return npairs > 0;
+  }
+};
+
 // ---------------------------------------------------------------------------------------------------------
 // MLP packing (see pair_math.h for the layout).
 template <class T>
@@ -120,7 +139,7 @@ struct PackedMlp {
 
 template <class T>
 PackedMlp<T> pack_mlp(at::TensorList params, int hidden_act, int out_act) {
-  constexpr int C = gt::kVec<T>;
+  constexpr int C = gt::kPad<T>;
   const int L = static_cast<int>(params.size() / 2);
   PackedMlp<T> pk;
   gt::MlpView<T>& m = pk.view;

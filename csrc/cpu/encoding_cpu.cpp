@@ -2,10 +2,10 @@
 //
 // s_i = Σ_j φ(rinv_ij) over the valid rows j of i's segment, j = i included (rinv_ii = 0 adds φ(0)).
 // Same schedule as the attention (cpu_common.h): each unordered pair {i, j} is visited once, by the task
-// that owns both rows. φ is evaluated per pair with the per-pair MLP of pair_math.h and added to s_i and s_j.
+// that owns both rows. φ is evaluated on tiles of pairs (pair_math.h tile MLP) and added to s_i and s_j.
 // Backward: the seed of the pair is ds_i + ds_j; d rinv goes to dpos_i and dpos_j; parameter gradients go to
-// per-thread buffers reduced in thread order. The j = i terms all have x = 0: their parameter gradient is
-// one backward pass with seed Σ_valid ds_i.
+// per-thread buffers reduced in thread order. The j = i terms all have x = 0: φ(0) is computed once with the
+// per-pair MLP, and their parameter gradient is one per-pair backward pass with seed Σ_valid ds_i.
 #include "cpu_common.h"
 
 namespace gtk {
@@ -18,52 +18,64 @@ struct EncProblem {
   const gt::MlpView<T>* mv;
 };
 
-// Pairs of one task (see Schedule): s_i += φ(rinv_ij) and s_j += φ(rinv_ij), once per unordered pair.
+// Per-thread scratch, sized once.
 template <class T>
-void encoding_fwd_task(const EncProblem<T>& P, const PairTask& task, int64_t* vi, int64_t* vj_buf, T* s) {
-  const gt::MlpView<T>& mv = *P.mv;
-  T z[gt::kMaxLayers * gt::kMaxWidth], a[gt::kMaxLayers * gt::kMaxWidth];
-  const bool diag = task.diag();
-  const int nI = collect_valid(P.valid, task.i0, task.i1, vi);
-  const int nJ = diag ? nI : collect_valid(P.valid, task.j0, task.j1, vj_buf);
-  const int64_t* vj = diag ? vi : vj_buf;
-  for (int ia = 0; ia < nI; ++ia) {
-    const int64_t i = vi[ia];
-    T acc = T(0);
-    for (int b = diag ? ia + 1 : 0; b < nJ; ++b) {
-      const int64_t j = vj[b];
-      const T x = gt::inverse_distance<T>(P.pos + 3 * i, P.pos + 3 * j);
-      const T val = gt::mlp_forward_pair<T>(mv, x, z, a);
-      acc += val;
-      s[j] += val;
+struct EncScratch {
+  TaskRows rows;
+  std::vector<T> ws, bws;  // φ tile workspaces
+  explicit EncScratch(const gt::MlpView<T>& mv)
+      : ws(gt::tile_ws_size<T, kTilePairs>(mv)), bws(std::max<int64_t>(gt::tile_bws_size<T, kTilePairs>(mv), 1)) {}
+};
+
+// Pairs of one task (see Schedule): s_i += φ(rinv_ij) and s_j += φ(rinv_ij), once per unordered pair,
+// φ evaluated on tiles of kTilePairs pairs.
+template <class T>
+void encoding_fwd_task(const EncProblem<T>& P, const PairTask& task, EncScratch<T>& sc, T* s) {
+  TaskRows& tr = sc.rows;
+  if (!tr.load(task, P.valid)) return;
+  const int64_t* vj = tr.rows_j();
+  T x[kTilePairs], y[kTilePairs];
+  for (int c0 = 0; c0 < tr.npairs; c0 += kTilePairs) {
+    const int n = std::min(kTilePairs, tr.npairs - c0);
+    for (int p = 0; p < kTilePairs; ++p) x[p] = T(0);  // padding pairs of the last tile
+    for (int p = 0; p < n; ++p) {
+      x[p] = gt::inverse_distance<T>(P.pos + 3 * tr.vi[tr.pa[c0 + p]], P.pos + 3 * vj[tr.pb[c0 + p]]);
     }
-    s[i] += acc;
+    gt::mlp_forward_tile<T, kTilePairs>(*P.mv, x, sc.ws.data(), y);
+    for (int p = 0; p < n; ++p) {
+      s[tr.vi[tr.pa[c0 + p]]] += y[p];
+      s[vj[tr.pb[c0 + p]]] += y[p];
+    }
   }
 }
 
 // Pairs of one task: seed ds_i + ds_j (φ(rinv_ij) enters s_i and s_j), d rinv to dpos_i and dpos_j.
 template <class T>
-void encoding_bwd_task(const EncProblem<T>& P, const PairTask& task, const T* ds, int64_t* vi, int64_t* vj_buf,
-                       T* dpos, T* grad) {
-  const gt::MlpView<T>& mv = *P.mv;
-  T z[gt::kMaxLayers * gt::kMaxWidth], a[gt::kMaxLayers * gt::kMaxWidth], dz[2 * gt::kMaxWidth];
-  const bool diag = task.diag();
-  const int nI = collect_valid(P.valid, task.i0, task.i1, vi);
-  const int nJ = diag ? nI : collect_valid(P.valid, task.j0, task.j1, vj_buf);
-  const int64_t* vj = diag ? vi : vj_buf;
-  for (int ia = 0; ia < nI; ++ia) {
-    const int64_t i = vi[ia];
-    T* dpi = dpos + 3 * i;
-    for (int b = diag ? ia + 1 : 0; b < nJ; ++b) {
-      const int64_t j = vj[b];
-      T gi[3];
-      const T x = gt::inverse_distance<T>(P.pos + 3 * i, P.pos + 3 * j, gi);
-      gt::mlp_forward_pair<T>(mv, x, z, a);
-      const T dx = gt::mlp_backward_pair<T>(mv, x, z, a, ds[i] + ds[j], grad, dz);
-      T* dpj = dpos + 3 * j;
+void encoding_bwd_task(const EncProblem<T>& P, const PairTask& task, const T* ds, EncScratch<T>& sc, T* dpos,
+                       T* grad) {
+  TaskRows& tr = sc.rows;
+  if (!tr.load(task, P.valid)) return;
+  const int64_t* vj = tr.rows_j();
+  T x[kTilePairs], y[kTilePairs], dy[kTilePairs], dx[kTilePairs], gi[kTilePairs][3];
+  for (int c0 = 0; c0 < tr.npairs; c0 += kTilePairs) {
+    const int n = std::min(kTilePairs, tr.npairs - c0);
+    for (int p = 0; p < kTilePairs; ++p) {  // padding pairs of the last tile: no gradient
+      x[p] = T(0);
+      dy[p] = T(0);
+    }
+    for (int p = 0; p < n; ++p) {
+      const int64_t i = tr.vi[tr.pa[c0 + p]], j = vj[tr.pb[c0 + p]];
+      x[p] = gt::inverse_distance<T>(P.pos + 3 * i, P.pos + 3 * j, gi[p]);
+      dy[p] = ds[i] + ds[j];
+    }
+    gt::mlp_forward_tile<T, kTilePairs>(*P.mv, x, sc.ws.data(), y);
+    gt::mlp_backward_tile<T, kTilePairs>(*P.mv, x, sc.ws.data(), dy, grad, sc.bws.data(), dx);
+    for (int p = 0; p < n; ++p) {
+      T* dpi = dpos + 3 * tr.vi[tr.pa[c0 + p]];
+      T* dpj = dpos + 3 * vj[tr.pb[c0 + p]];
       for (int c = 0; c < 3; ++c) {
-        dpi[c] += dx * gi[c];
-        dpj[c] -= dx * gi[c];
+        dpi[c] += dx[p] * gi[p][c];
+        dpj[c] -= dx[p] * gi[p][c];
       }
     }
   }
@@ -83,11 +95,11 @@ void encoding_fwd_typed(const at::Tensor& pos, at::TensorList phi, const Schedul
   {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < R; ++r) ps[r] = (P.valid == nullptr || P.valid[r]) ? phi0 : T(0);
-    int64_t vi[kBlock], vj[kBlock];
+    EncScratch<T> sc(pk.view);
     for (int64_t ph = 0; ph < sch.num_phases(); ++ph) {
 #pragma omp for schedule(static, 1)
       for (int64_t t = sch.phase_begin[ph]; t < sch.phase_begin[ph + 1]; ++t) {
-        encoding_fwd_task<T>(P, sch.tasks[t], vi, vj, ps);
+        encoding_fwd_task<T>(P, sch.tasks[t], sc, ps);
       }
     }
   }
@@ -108,12 +120,12 @@ std::vector<at::Tensor> encoding_bwd_typed(const at::Tensor& ds, const at::Tenso
   std::vector<T> partials(static_cast<size_t>(nt * gsize), T(0));
 #pragma omp parallel num_threads(nt)
   {
-    int64_t vi[kBlock], vj[kBlock];
+    EncScratch<T> sc(pk.view);
     T* grad = partials.data() + static_cast<int64_t>(thread_id()) * gsize;
     for (int64_t ph = 0; ph < sch.num_phases(); ++ph) {
 #pragma omp for schedule(static, 1)
       for (int64_t t = sch.phase_begin[ph]; t < sch.phase_begin[ph + 1]; ++t) {
-        encoding_bwd_task<T>(P, sch.tasks[t], pds, vi, vj, pdpos, grad);
+        encoding_bwd_task<T>(P, sch.tasks[t], pds, sc, pdpos, grad);
       }
     }
   }
