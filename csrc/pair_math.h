@@ -374,12 +374,45 @@ GT_HD inline T mlp_backward_pair(const MlpView<T>& m, T x, const T* z, const T* 
 // SIMD register), elsewhere (or with GT_NO_VECTOR_LINES, used to test that path on the host) a plain array.
 #if !defined(__CUDACC__) && !defined(GT_NO_VECTOR_LINES) && (defined(__GNUC__) || defined(__clang__))
 #define GT_VECTOR_LINES 1
+}  // namespace gt
+#include <utility>
+namespace gt {
 template <class T>
 struct LineType {
   typedef T type __attribute__((vector_size(GT_LINE_BYTES), aligned(sizeof(T)), may_alias));
 };
 template <class T>
 using Line = typename LineType<T>::type;
+template <class T, int N>
+struct VecN {
+  typedef T type __attribute__((vector_size(N * sizeof(T)), aligned(sizeof(T)), may_alias));
+};
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define GT_HAVE_SHUFFLEVECTOR 1
+#endif
+#endif
+template <class T, int N, int... I>
+GT_FORCE_INLINE typename VecN<T, N / 2>::type vec_half_sum(const typename VecN<T, N>::type& v,
+                                                           std::integer_sequence<int, I...>) {
+#if defined(GT_HAVE_SHUFFLEVECTOR)
+  return __builtin_shufflevector(v, v, I...) + __builtin_shufflevector(v, v, (I + N / 2)...);
+#else
+  typename VecN<T, N / 2>::type lo, hi;
+  memcpy(&lo, &v, sizeof(lo));
+  memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+  return lo + hi;
+#endif
+}
+// Sum of the N lanes, pairwise: add the two halves until one value is left.
+template <class T, int N>
+GT_FORCE_INLINE T vec_sum(const typename VecN<T, N>::type& v) {
+  if constexpr (N == 2) {
+    return v[0] + v[1];
+  } else {
+    return vec_sum<T, N / 2>(vec_half_sum<T, N>(v, std::make_integer_sequence<int, N / 2>()));
+  }
+}
 template <class T>
 inline Line<T> line_zero() { return Line<T>{}; }
 template <class T>
@@ -399,10 +432,8 @@ inline Line<T> line_relu(const Line<T>& v) { return v > T(0) ? v : T(0); }
 template <class T>  // d where a > 0, else 0
 inline Line<T> line_mask_pos(const Line<T>& d, const Line<T>& a) { return a > T(0) ? d : T(0); }
 template <class T>
-inline T line_sum(const Line<T>& v) {
-  T s = T(0);
-  for (int c = 0; c < kVec<T>; ++c) s += v[c];
-  return s;
+GT_FORCE_INLINE T line_sum(const Line<T>& v) {  // pairwise: add the two halves until one value is left
+  return vec_sum<T, kVec<T>>(v);
 }
 #else
 template <class T>

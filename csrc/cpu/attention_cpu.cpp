@@ -38,20 +38,29 @@ struct AttnProblem {
   T scale;
 };
 
+// Head loops over per-head scalars run over H rounded up to a SIMD line (padded scratch), so that they
+// vectorise without a scalar remainder even for H = 8.
+template <class T>
+int64_t padded_heads(int64_t H) {
+  return (H + gt::kVec<T> - 1) / gt::kVec<T> * gt::kVec<T>;
+}
+
 // Per-thread scratch of the forward, sized once.
 template <class T>
 struct FwdScratch {
   TaskRows rows;
   std::vector<T> G;   // [kBlock][kBlock] gates of the current tile
   std::vector<T> ws;  // ψ tile workspace
-  std::vector<T> S;   // [kBlock][H] scores of one query row against a key block
-  std::vector<T> bm;  // [H] block max
-  std::vector<T> pg;  // [H] gated probabilities of one key
+  std::vector<T> S;   // [kBlock][Hp] scores of one query row against a key block (Hp: padded heads)
+  std::vector<T> bm;  // [Hp] block max
+  std::vector<T> pg;  // [Hp] gated probabilities of one key
+  std::vector<T> ml, ll;  // [Hp] local copies of the row's running max and sum
   std::vector<int64_t> keys;
   std::vector<T> gk;
   FwdScratch(const gt::MlpView<T>& mv, int64_t H)
-      : G(kBlock * kBlock), ws(gt::tile_ws_size<T, kTilePairs>(mv)), S(kBlock * H), bm(H), pg(H), keys(kBlock),
-        gk(kBlock) {}
+      : G(kBlock * kBlock), ws(gt::tile_ws_size<T, kTilePairs>(mv)), S(kBlock * padded_heads<T>(H), T(0)),
+        bm(padded_heads<T>(H), T(0)), pg(padded_heads<T>(H), T(0)), ml(padded_heads<T>(H), T(0)),
+        ll(padded_heads<T>(H), T(0)), keys(kBlock), gk(kBlock) {}
 };
 
 // Gates of the pairs of a tile: G[a][b] = ψ(rinv_ab)².
@@ -74,18 +83,74 @@ void tile_gates(const gt::MlpView<T>& mv, const T* pos, const TaskRows& tr, T* w
 template <int DC>
 constexpr bool kAcrossHeads = (DC > 0 && DC <= 4);
 
+// Dot products of D-vectors, four at a time (a1·b1, a2·b2, a3·b3, a4·b4). With a compile-time D that is a
+// power of two up to a line, or a multiple of a line, it uses native vectors and pairwise horizontal sums
+// (a plain reduction loop would be summed lane by lane).
+template <class T, int DC>
+GT_FORCE_INLINE void dot4(const T* a1, const T* b1, const T* a2, const T* b2, const T* a3, const T* b3, const T* a4,
+                          const T* b4, int64_t D, T& r1, T& r2, T& r3, T& r4) {
+#if defined(GT_VECTOR_LINES)
+  constexpr int C = gt::kVec<T>;
+  if constexpr (DC > 0 && DC % C == 0) {
+    using L = gt::Line<T>;
+    L s1 = gt::line_zero<T>(), s2 = s1, s3 = s1, s4 = s1;
+    for (int d = 0; d < DC; d += C) {
+      s1 = gt::line_fma<T>(s1, gt::line_load<T>(a1 + d), gt::line_load<T>(b1 + d));
+      s2 = gt::line_fma<T>(s2, gt::line_load<T>(a2 + d), gt::line_load<T>(b2 + d));
+      s3 = gt::line_fma<T>(s3, gt::line_load<T>(a3 + d), gt::line_load<T>(b3 + d));
+      s4 = gt::line_fma<T>(s4, gt::line_load<T>(a4 + d), gt::line_load<T>(b4 + d));
+    }
+    r1 = gt::line_sum<T>(s1);
+    r2 = gt::line_sum<T>(s2);
+    r3 = gt::line_sum<T>(s3);
+    r4 = gt::line_sum<T>(s4);
+    return;
+  } else if constexpr (DC >= 2 && DC < C && (DC & (DC - 1)) == 0) {
+    using V = typename gt::VecN<T, DC>::type;
+    auto ld = [](const T* p) { return *reinterpret_cast<const V*>(p); };
+    r1 = gt::vec_sum<T, DC>(ld(a1) * ld(b1));
+    r2 = gt::vec_sum<T, DC>(ld(a2) * ld(b2));
+    r3 = gt::vec_sum<T, DC>(ld(a3) * ld(b3));
+    r4 = gt::vec_sum<T, DC>(ld(a4) * ld(b4));
+    return;
+  }
+#endif
+  const int64_t n = DC > 0 ? DC : D;
+  T s1 = T(0), s2 = T(0), s3 = T(0), s4 = T(0);
+  GT_SIMD_REDUCE(s1, s2, s3, s4)
+  for (int64_t d = 0; d < n; ++d) {
+    s1 += a1[d] * b1[d];
+    s2 += a2[d] * b2[d];
+    s3 += a3[d] * b3[d];
+    s4 += a4[d] * b4[d];
+  }
+  r1 = s1;
+  r2 = s2;
+  r3 = s3;
+  r4 = s4;
+}
+
+template <class T, int DC>
+GT_FORCE_INLINE T dot1(const T* a, const T* b, int64_t D) {
+  T r, u2, u3, u4;
+  dot4<T, DC>(a, b, a, b, a, b, a, b, D, r, u2, u3, u4);  // the unused copies are dead code
+  return r;
+}
+
 // One query row against a list of keys: scores, block max, rescale, accumulate (gt:: online softmax).
-// DC: compile-time head dim (0 = runtime D). S: [nk][H] scratch, bm and pg: [H] scratch.
+// DC: compile-time head dim (0 = runtime D). m, l: the row's running max and sum [H] (global);
+// scratch (padded to Hp heads, zero-initialised once): S [nk][Hp], bm, pg, ml, ll [Hp].
 template <class T, int DC>
 void row_update(const AttnProblem<T>& P, const T* qi, const int64_t* keys, const T* gk, int nk, T* S, T* bm, T* pg,
-                T* m, T* l, T* acc) {
+                T* ml, T* ll, T* m, T* l, T* acc) {
   const int64_t H = P.H;
+  const int64_t Hp = padded_heads<T>(H);
   const int64_t D = DC > 0 ? DC : P.D;
   const int64_t HD = H * D;
   const T scale = P.scale;
   for (int t = 0; t < nk; ++t) {
     const T* kj = P.k + keys[t] * HD;
-    T* St = S + t * H;
+    T* St = S + t * Hp;
     if constexpr (kAcrossHeads<DC>) {
       GT_SIMD
       for (int64_t h = 0; h < H; ++h) {
@@ -94,25 +159,24 @@ void row_update(const AttnProblem<T>& P, const T* qi, const int64_t* keys, const
         St[h] = s * scale;
       }
     } else {
-      for (int64_t h = 0; h < H; ++h) {
-        T s = T(0);
-        GT_SIMD_REDUCE(s)
-        for (int64_t d = 0; d < D; ++d) s += qi[h * D + d] * kj[h * D + d];
-        St[h] = s * scale;
-      }
+      for (int64_t h = 0; h < H; ++h) St[h] = dot1<T, DC>(qi + h * D, kj + h * D, D) * scale;
     }
   }
   GT_SIMD
-  for (int64_t h = 0; h < H; ++h) bm[h] = S[h];
+  for (int64_t h = 0; h < Hp; ++h) bm[h] = S[h];
   for (int t = 1; t < nk; ++t) {
-    const T* St = S + t * H;
+    const T* St = S + t * Hp;
     GT_SIMD
-    for (int64_t h = 0; h < H; ++h) bm[h] = St[h] > bm[h] ? St[h] : bm[h];
+    for (int64_t h = 0; h < Hp; ++h) bm[h] = St[h] > bm[h] ? St[h] : bm[h];
   }
-  for (int64_t h = 0; h < H; ++h) gt::online_softmax_rescale<T>(m[h], l[h], acc + h * D, static_cast<int>(D), bm[h]);
+  for (int64_t h = 0; h < H; ++h) {
+    gt::online_softmax_rescale<T>(m[h], l[h], acc + h * D, static_cast<int>(D), bm[h]);
+    ml[h] = m[h];
+    ll[h] = l[h];
+  }
   for (int t = 0; t < nk; ++t) {
     const T* vj = P.v + keys[t] * HD;
-    gt::online_softmax_probs<T>(static_cast<int>(H), m, l, S + t * H, gk[t], pg);
+    gt::online_softmax_probs<T>(static_cast<int>(Hp), ml, ll, S + t * Hp, gk[t], pg);
     if constexpr (kAcrossHeads<DC>) {
       GT_SIMD
       for (int64_t h = 0; h < H; ++h) {
@@ -126,6 +190,7 @@ void row_update(const AttnProblem<T>& P, const T* qi, const int64_t* keys, const
       }
     }
   }
+  for (int64_t h = 0; h < H; ++h) l[h] = ll[h];
 }
 
 template <class T, int DC>
@@ -149,7 +214,7 @@ void attention_fwd_task(const AttnProblem<T>& P, const gt::MlpView<T>& mv, const
     }
     if (nk == 0) continue;
     const int64_t i = tr.vi[a];
-    row_update<T, DC>(P, P.q + i * HD, sc.keys.data(), sc.gk.data(), nk, sc.S.data(), sc.bm.data(), sc.pg.data(), M + i * H,
+    row_update<T, DC>(P, P.q + i * HD, sc.keys.data(), sc.gk.data(), nk, sc.S.data(), sc.bm.data(), sc.pg.data(), sc.ml.data(), sc.ll.data(), M + i * H,
                       Lsum + i * H, out + i * HD);
   }
   if (tr.diag) return;
@@ -160,7 +225,7 @@ void attention_fwd_task(const AttnProblem<T>& P, const gt::MlpView<T>& mv, const
       sc.gk[a] = sc.G[a * kBlock + b];
     }
     const int64_t j = vj[b];
-    row_update<T, DC>(P, P.q + j * HD, sc.keys.data(), sc.gk.data(), tr.nI, sc.S.data(), sc.bm.data(), sc.pg.data(), M + j * H,
+    row_update<T, DC>(P, P.q + j * HD, sc.keys.data(), sc.gk.data(), tr.nI, sc.S.data(), sc.bm.data(), sc.pg.data(), sc.ml.data(), sc.ll.data(), M + j * H,
                       Lsum + j * H, out + j * HD);
   }
 }
@@ -211,19 +276,21 @@ template <class T>
 struct BwdScratch {
   TaskRows rows;
   std::vector<T> ws, bws;
-  std::vector<T> hs;  // [6][H] per-head scratch of pair_backward
+  std::vector<T> hs;  // [8][Hp] per-head scratch of pair_backward, zero-initialised
   BwdScratch(const gt::MlpView<T>& mv, int64_t H)
       : ws(gt::tile_ws_size<T, kTilePairs>(mv)), bws(std::max<int64_t>(gt::tile_bws_size<T, kTilePairs>(mv), 1)),
-        hs(6 * H) {}
+        hs(8 * padded_heads<T>(H), T(0)) {}
 };
 
 // Attention backward of the pair {i, j} with gate g, all heads, both directions (query i / key j and
-// query j / key i). Returns dg_ij + dg_ji (d loss / d g summed over heads). hs: [6][H] scratch.
+// query j / key i). Returns dg_ij + dg_ji (d loss / d g summed over heads). hs: [8][Hp] scratch, zero-
+// initialised once (the padded heads h >= H keep c = D = 0 and so contribute nothing).
 // Three loops over the heads, each vectorisable: dot products; probabilities (fast_exp) and dS;
 // gradient updates.
 template <class T, int DC>
 T pair_backward(const BwdProblem<T>& P, int64_t i, int64_t j, T g, T* hs) {
   const int64_t H = P.H;
+  const int64_t Hp = padded_heads<T>(H);
   const int64_t D = DC > 0 ? DC : P.D;
   const int64_t HD = H * D;
   const T scale = P.scale;
@@ -245,12 +312,14 @@ T pair_backward(const BwdProblem<T>& P, int64_t i, int64_t j, T g, T* hs) {
   T* __restrict dqj = P.dq + j * HD;
   T* __restrict dkj = P.dk + j * HD;
   T* __restrict dvj = P.dv + j * HD;
-  T* x1 = hs;          // S_ij − lse_i, then scale·dS_ij
-  T* x2 = hs + H;      // S_ji − lse_j, then scale·dS_ji
-  T* c1 = hs + 2 * H;  // dA_ij = dout_i·v_j
-  T* c2 = hs + 3 * H;  // dA_ji = dout_j·v_i
-  T* e1 = hs + 4 * H;  // P_ij·g
-  T* e2 = hs + 5 * H;  // P_ji·g
+  T* x1 = hs;           // S_ij − lse_i, then scale·dS_ij
+  T* x2 = hs + Hp;      // S_ji − lse_j, then scale·dS_ji
+  T* c1 = hs + 2 * Hp;  // dA_ij = dout_i·v_j
+  T* c2 = hs + 3 * Hp;  // dA_ji = dout_j·v_i
+  T* e1 = hs + 4 * Hp;  // P_ij·g
+  T* e2 = hs + 5 * Hp;  // P_ji·g
+  T* d1 = hs + 6 * Hp;  // D_i = dout_i·out_i
+  T* d2 = hs + 7 * Hp;  // D_j
   if constexpr (kAcrossHeads<DC>) {
     GT_SIMD
     for (int64_t h = 0; h < H; ++h) {
@@ -266,32 +335,30 @@ T pair_backward(const BwdProblem<T>& P, int64_t i, int64_t j, T g, T* hs) {
       x2[h] = s2 * scale - lse_j[h];
       c1[h] = dA1;
       c2[h] = dA2;
+      d1[h] = Dv_i[h];
+      d2[h] = Dv_j[h];
     }
   } else {
     for (int64_t h = 0; h < H; ++h) {
-      T s1 = T(0), s2 = T(0), dA1 = T(0), dA2 = T(0);
       const int64_t o = h * D;
-      GT_SIMD_REDUCE(s1, s2, dA1, dA2)
-      for (int64_t d = 0; d < D; ++d) {
-        s1 += qi[o + d] * kj[o + d];
-        s2 += qj[o + d] * ki[o + d];
-        dA1 += doi[o + d] * vj[o + d];
-        dA2 += doj[o + d] * vi[o + d];
-      }
+      T s1, s2, dA1, dA2;
+      dot4<T, DC>(qi + o, kj + o, qj + o, ki + o, doi + o, vj + o, doj + o, vi + o, D, s1, s2, dA1, dA2);
       x1[h] = s1 * scale - lse_i[h];
       x2[h] = s2 * scale - lse_j[h];
       c1[h] = dA1;
       c2[h] = dA2;
+      d1[h] = Dv_i[h];
+      d2[h] = Dv_j[h];
     }
   }
   T dg = T(0);
   GT_SIMD_REDUCE(dg)
-  for (int64_t h = 0; h < H; ++h) {
+  for (int64_t h = 0; h < Hp; ++h) {
     const T p1 = gt::fast_exp(x1[h]);  // P_ij
     const T p2 = gt::fast_exp(x2[h]);  // P_ji
     dg += p1 * c1[h] + p2 * c2[h];
-    x1[h] = scale * p1 * (g * c1[h] - Dv_i[h]);
-    x2[h] = scale * p2 * (g * c2[h] - Dv_j[h]);
+    x1[h] = scale * p1 * (g * c1[h] - d1[h]);
+    x2[h] = scale * p2 * (g * c2[h] - d2[h]);
     e1[h] = p1 * g;
     e2[h] = p2 * g;
   }
