@@ -91,8 +91,9 @@ void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::
   check_dtype(pos, "pos", dtype);
   TORCH_CHECK(q.size(1) >= 1 && q.size(2) >= 1, "gtkernels: q must be [R, H, D] with H >= 1 and D >= 1, got ",
               q.sizes());
-  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), "gtkernels: q, k, v must have the same shape [R, H, D], got ",
-              q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+              "gtkernels: q, k, v must have the same shape [R, H, D], got ", q.sizes(), ", ", k.sizes(), ", ",
+              v.sizes());
   TORCH_CHECK(pos.size(0) == q.size(0) && pos.size(1) == 3, "gtkernels: pos must have shape [", q.size(0),
               ", 3], got ", pos.sizes());
   check_mlp(psi, "psi", dtype);
@@ -118,8 +119,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
   check_dtype(dout, "dout", dtype);
   check_dtype(out, "out", dtype);
   check_dtype(lse, "lse", dtype);
-  TORCH_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), "gtkernels: dout and out must have the shape of q ",
-              q.sizes(), ", got ", dout.sizes(), " and ", out.sizes());
+  TORCH_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(),
+              "gtkernels: dout and out must have the shape of q ", q.sizes(), ", got ", dout.sizes(), " and ",
+              out.sizes());
   TORCH_CHECK(lse.size(0) == q.size(0) && lse.size(1) == q.size(1), "gtkernels: lse must have shape [", q.size(0),
               ", ", q.size(1), "], got ", lse.sizes());
   return attention_bwd_cpu(dout, q, k, v, pos, psi, seg, valid, scale, out, lse);

@@ -736,7 +736,9 @@ GT_HD inline void mlp_backward_tile(const MlpView<T>& m, const T* x, const T* ws
     const T* A = Z + static_cast<int64_t>(NP) * ld;
     const int64_t n = static_cast<int64_t>(NP) * ld;
     if (relu) {
-      for (int64_t e = 0; e < n; e += C) line_store<T>(dcur + e, line_mask_pos<T>(line_load<T>(dcur + e), line_load<T>(A + e)));
+      for (int64_t e = 0; e < n; e += C) {
+        line_store<T>(dcur + e, line_mask_pos<T>(line_load<T>(dcur + e), line_load<T>(A + e)));
+      }
     } else {
       mul_activate_grad_n(m.hidden_act, Z, dcur, static_cast<int>(n));
     }

@@ -2,8 +2,9 @@
 //
 // Work unit: a task = the pairs between two row blocks I, J of one segment (I = J on a diagonal task), see
 // Schedule in cpu_common.h: the tasks of one phase touch disjoint rows, so no atomics are needed, and every
-// unordered pair {i, j} is visited exactly once. Nothing N×N is stored: the largest buffer is one
-// kBlock × kBlock gate tile per thread.
+// unordered pair {i, j} is visited exactly once. Nothing N×N is stored: per-thread scratch is
+// O(kBlock² + kBlock·H) (one gate tile, the scores of one row against one key block), the only global extras
+// are O(R·H) (running sums in the forward, D_i = dout_i·out_i in the backward).
 //
 // Forward, per task: rinv and the gate g = ψ(rinv)² of every pair of the tile (ψ evaluated on tiles of pairs,
 // layer by layer, once per pair and shared by all heads); then every row of I updates its per-head online
@@ -214,8 +215,8 @@ void attention_fwd_task(const AttnProblem<T>& P, const gt::MlpView<T>& mv, const
     }
     if (nk == 0) continue;
     const int64_t i = tr.vi[a];
-    row_update<T, DC>(P, P.q + i * HD, sc.keys.data(), sc.gk.data(), nk, sc.S.data(), sc.bm.data(), sc.pg.data(), sc.ml.data(), sc.ll.data(), M + i * H,
-                      Lsum + i * H, out + i * HD);
+    row_update<T, DC>(P, P.q + i * HD, sc.keys.data(), sc.gk.data(), nk, sc.S.data(), sc.bm.data(), sc.pg.data(),
+                      sc.ml.data(), sc.ll.data(), M + i * H, Lsum + i * H, out + i * HD);
   }
   if (tr.diag) return;
   // Rows of J against the keys of I (g_ji = g_ij).
@@ -225,8 +226,8 @@ void attention_fwd_task(const AttnProblem<T>& P, const gt::MlpView<T>& mv, const
       sc.gk[a] = sc.G[a * kBlock + b];
     }
     const int64_t j = vj[b];
-    row_update<T, DC>(P, P.q + j * HD, sc.keys.data(), sc.gk.data(), tr.nI, sc.S.data(), sc.bm.data(), sc.pg.data(), sc.ml.data(), sc.ll.data(), M + j * H,
-                      Lsum + j * H, out + j * HD);
+    row_update<T, DC>(P, P.q + j * HD, sc.keys.data(), sc.gk.data(), tr.nI, sc.S.data(), sc.bm.data(),
+                      sc.pg.data(), sc.ml.data(), sc.ll.data(), M + j * H, Lsum + j * H, out + j * HD);
   }
 }
 

@@ -1,5 +1,6 @@
-// cpu_common.h — torch glue shared by the CPU kernels: MLP packing / gradient unpacking, row blocks of
-// segments, the OpenMP thread count, and the kernel entry points called by ops.cpp.
+// cpu_common.h — shared by the CPU kernels: the task schedule over segments (blocks of rows, phases of
+// disjoint block pairs), MLP packing / gradient unpacking (torch glue), the OpenMP thread count, and the
+// kernel entry points called by ops.cpp.
 #pragma once
 
 #include <ATen/ATen.h>
