@@ -23,5 +23,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                     f"peak {bench.extra_info.get('peak_mib', float('nan')):8.1f} MiB")
             if ref is not None and bench is not ref:
                 line += (f"  speed-up {ref.stats.median / med:6.2f}x  memory "
-                         f"{bench.extra_info.get('peak_mib', float('nan')) / max(ref.extra_info.get('peak_mib', 1e-9), 1e-9):.3f}x")
+                         f"{bench.extra_info.get('peak_mib', float('nan')) / max(ref.extra_info.get('peak_mib', 1e-9), 1e-9):.3g}x")
             terminalreporter.write_line(line)

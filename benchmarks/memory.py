@@ -1,21 +1,16 @@
-"""Peak extra memory of a call: CUDA max-allocated on GPU, resident-set high-water mark on CPU (Linux)."""
+"""Peak extra memory of a call: CUDA max-allocated on GPU, torch's CPU allocations on CPU."""
 from __future__ import annotations
 
-import re
-
 import torch
-
-
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        return int(re.search(rf"{key}:\s+(\d+)", fh.read()).group(1))
+from torch.profiler import ProfilerActivity, profile
 
 
 def peak_extra_mib(fn, device: torch.device) -> float:
-    """Run ``fn()`` once and return its peak memory above the level before the call, in MiB.
+    """Run ``fn()`` once and return the peak of the memory it allocated through torch, in MiB.
 
-    CPU: resets the kernel's RSS high-water mark (``/proc/self/clear_refs``), so it counts every page the call
-    touched, large tensors included (glibc returns them to the OS on free). Returns NaN where unsupported.
+    CUDA: ``max_memory_allocated`` above the level before the call. CPU: the running sum of torch's
+    allocation and free events (profiler with ``profile_memory``), in time order; memory a compiled kernel
+    takes outside torch's allocator (small per-thread scratch tiles) is not counted.
     """
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -24,11 +19,15 @@ def peak_extra_mib(fn, device: torch.device) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        before = _status_kib("VmRSS")
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-        return (_status_kib("VmHWM") - before) / 1024
-    except OSError:
-        return float("nan")
+    events = []
+    for e in prof.events():
+        delta = e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        if delta:
+            events.append((e.time_range.start, delta))
+    current = peak = 0
+    for _, delta in sorted(events):
+        current += delta
+        peak = max(peak, current)
+    return peak / 2**20
