@@ -183,3 +183,23 @@ def test_module_matches_reference_module_via_saved_state_dict(tmp_path):
     enc = gtkernels.GeometricEncoding(64, backend="cpu").double()
     enc.load_state_dict(enc_ref.state_dict())
     torch.testing.assert_close(enc(pos, mask), enc_ref(pos, mask), rtol=1e-10, atol=1e-12)
+
+
+def test_fused_module_invariances():
+    """Rotation/translation invariance, permutation equivariance and padding independence, through the kernels."""
+    torch.manual_seed(2)
+    attn = gtkernels.FusedGeometricAttention(32, 4, backend="cpu").double()
+    from gtkernels.data import pad
+    z, pos, mask = pad(qm9_molecules(3), torch.float64)
+    x = torch.randn(z.shape + (32,), dtype=torch.float64)
+    base = attn(x, pos, mask)
+    rot, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))
+    torch.testing.assert_close(attn(x, pos @ rot.T + torch.tensor([1.0, -4.0, 2.5], dtype=torch.float64), mask),
+                               base)
+    perm = torch.randperm(z.shape[1])
+    torch.testing.assert_close(attn(x[:, perm], pos[:, perm], mask[:, perm]), base[:, perm])
+    extra = 3
+    x2 = torch.cat([x, torch.randn(x.shape[0], extra, 32, dtype=x.dtype)], 1)
+    pos2 = torch.cat([pos, torch.randn(x.shape[0], extra, 3, dtype=pos.dtype)], 1)
+    mask2 = torch.cat([mask, torch.zeros(x.shape[0], extra, dtype=torch.bool)], 1)
+    torch.testing.assert_close(attn(x2, pos2, mask2)[:, :z.shape[1]][mask], base[mask])

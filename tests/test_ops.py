@@ -99,3 +99,24 @@ def test_reference_backend_equals_gtkernels_py():
     psi = mlp_params([5])
     torch.testing.assert_close(gtkernels.geometric_attention(q, k, v, pos, psi, mask, backend="reference"),
                                R.geometric_attention(q, k, v, pos, psi, mask), rtol=0, atol=0)
+
+
+def test_import_without_extension_falls_back_to_reference():
+    """`import gtkernels` works without the compiled extension: reference only, and 'cpu' says how to build."""
+    import subprocess
+    import sys
+    code = (
+        "import sys; sys.modules['gtkernels._C'] = None\n"
+        "import torch, gtkernels\n"
+        "assert gtkernels.backends() == ['reference'], gtkernels.backends()\n"
+        "m = gtkernels.FusedGeometricAttention(8, 2)\n"
+        "y = m(torch.randn(1, 3, 8), torch.tensor([[[0., 0, 0], [1, 0, 0], [0, 1.5, 0]]]))\n"
+        "assert y.shape == (1, 3, 8)\n"
+        "try:\n"
+        "    gtkernels.FusedGeometricAttention(8, 2, backend='cpu')\n"
+        "except RuntimeError as e:\n"
+        "    assert 'pip install --no-build-isolation -e .' in str(e)\n"
+        "else:\n"
+        "    raise SystemExit('backend=cpu without _C did not raise')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
