@@ -1,7 +1,8 @@
 // ops.cpp — the gtkernels_C operator library: schemas (TORCH_LIBRARY), input checks and the CPU
 // implementations (TORCH_LIBRARY_IMPL). Layout "segments of rows" (covers padded and packed batches):
-//   q, k, v, out, dout : contiguous [R, H, D];  pos : [R, 3];  all of one floating dtype (float32/float64),
-//   as are the ψ / φ parameters [W0, b0, ..., Wn, bn] (nn.Linear layout, first in = 1, last out = 1);
+//   q, k, v, out, dout : contiguous [R, H, D], one floating dtype (float32/float64), as are the ψ / φ
+//   parameters [W0, b0, ..., Wn, bn] (nn.Linear layout, first in = 1, last out = 1);
+//   pos : [R, 3] always float64 (distances in float64: far-apart fragments keep their precision);
 //   seg   : int64 [B + 1], seg[0] = 0, seg[B] = R, non-decreasing (molecule b owns rows seg[b]..seg[b+1]-1);
 //   valid : optional bool [R] (None: every row is an atom; False: padding row).
 #include <torch/library.h>
@@ -88,7 +89,7 @@ void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::
   const auto dtype = q.scalar_type();
   check_dtype(k, "k", dtype);
   check_dtype(v, "v", dtype);
-  check_dtype(pos, "pos", dtype);
+  check_dtype(pos, "pos", at::kDouble);
   TORCH_CHECK(q.size(1) >= 1 && q.size(2) >= 1, "gtkernels: q must be [R, H, D] with H >= 1 and D >= 1, got ",
               q.sizes());
   TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
@@ -129,10 +130,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
 
 void check_encoding_inputs(const at::Tensor& pos, at::TensorList phi, const at::Tensor& seg,
                            const std::optional<at::Tensor>& valid) {
-  check_floating(pos, "pos");
   check_rows_tensor(pos, "pos", 2);
+  check_dtype(pos, "pos", at::kDouble);
   TORCH_CHECK(pos.size(1) == 3, "gtkernels: pos must have shape [R, 3], got ", pos.sizes());
-  check_mlp(phi, "phi", pos.scalar_type());
+  TORCH_CHECK(!phi.empty(), "gtkernels: phi must not be empty");
+  check_floating(phi[0], "phi[0]");
+  check_mlp(phi, "phi", phi[0].scalar_type());
   check_segments(seg, valid, pos.size(0));
 }
 
@@ -147,7 +150,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd(const at::Tensor& d
                                                              const std::optional<at::Tensor>& valid) {
   check_encoding_inputs(pos, phi, seg, valid);
   check_rows_tensor(ds, "ds", 1);
-  check_dtype(ds, "ds", pos.scalar_type());
+  check_dtype(ds, "ds", phi[0].scalar_type());
   TORCH_CHECK(ds.size(0) == pos.size(0), "gtkernels: ds must have shape [", pos.size(0), "], got ", ds.sizes());
   return encoding_bwd_cpu(ds, pos, phi, seg, valid);
 }

@@ -248,25 +248,27 @@ GT_HD inline T activate_grad(int act, T x) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Inverse distance. Returns rinv = 1/(r + eps) and writes d rinv / d p_i to grad_i (d/d p_j = −grad_i).
+// Inverse distance. Returns rinv = 1/(r + eps) in the compute type T and writes d rinv / d p_i to grad_i
+// (d/d p_j = −grad_i). Positions and the geometry are in P (float64 by default: the kernels take float64
+// positions, so fragments placed 1e4 Å apart keep their intra-molecule distances to float64 precision).
 // At r = 0 the gradient is 0, as torch.linalg.vector_norm's backward gives.
-template <class T>
-GT_HD inline T inverse_distance(const T* pi, const T* pj, T* grad_i) {
-  const T dx = pi[0] - pj[0], dy = pi[1] - pj[1], dz = pi[2] - pj[2];
-  const T r = gt_sqrt(dx * dx + dy * dy + dz * dz);
-  const T rinv = T(1) / (r + T(kDistanceEps));
+template <class T, class P = double>
+GT_HD inline T inverse_distance(const P* pi, const P* pj, P* grad_i) {
+  const P dx = pi[0] - pj[0], dy = pi[1] - pj[1], dz = pi[2] - pj[2];
+  const P r = gt_sqrt(dx * dx + dy * dy + dz * dz);
+  const P rinv = P(1) / (r + P(kDistanceEps));
   if (grad_i != nullptr) {
-    const T c = r > T(0) ? -rinv * rinv / r : T(0);
+    const P c = r > P(0) ? -rinv * rinv / r : P(0);
     grad_i[0] = c * dx;
     grad_i[1] = c * dy;
     grad_i[2] = c * dz;
   }
-  return rinv;
+  return static_cast<T>(rinv);
 }
 
-template <class T>
-GT_HD inline T inverse_distance(const T* pi, const T* pj) {
-  return inverse_distance<T>(pi, pj, nullptr);
+template <class T, class P = double>
+GT_HD inline T inverse_distance(const P* pi, const P* pj) {
+  return inverse_distance<T, P>(pi, pj, static_cast<P*>(nullptr));
 }
 
 // ---------------------------------------------------------------------------------------------------------

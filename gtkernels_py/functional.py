@@ -13,6 +13,10 @@ packed : ``q, k, v`` are ``[T, H, D]``, ``pos`` is ``[T, 3]``, and ``cu_seqlens`
 
 MLP parameters (ψω and φ) are passed as a flat sequence ``[W0, b0, W1, b1, ...]`` in ``nn.Linear`` layout
 (``W`` is ``[out, in]``), first layer ``in = 1`` and last layer ``out = 1``.
+
+Positions may be float64 while the features are float32: distances are computed in the dtype of ``pos`` and
+rinv is then cast to the compute dtype (of ``q`` / of the φ weights). That keeps intra-molecule distances exact
+for fragments placed 1e4 Å apart (the paper's augmentation), which float32 coordinates resolve only to ~1e-3 Å.
 """
 from __future__ import annotations
 
@@ -93,7 +97,7 @@ def geometric_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi_params
 
     Args:
         q, k, v: ``[B, N, H, D]`` (padded) or ``[T, H, D]`` (packed), float32/float64.
-        pos: ``[B, N, 3]`` or ``[T, 3]`` positions in Å, same dtype.
+        pos: ``[B, N, 3]`` or ``[T, 3]`` positions in Å, float32 or float64 (any of the two with any q).
         psi_params: ψω weights ``[W0, b0, ..., Wn, bn]``, shared by every head.
         mask: bool ``[B, N]`` (padded layout only), True for real atoms.
         cu_seqlens: int32 ``[B + 1]`` (packed layout only).
@@ -111,7 +115,7 @@ def geometric_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi_params
     mask = _full_mask(q, mask)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
 
-    gate = psi(inverse_distances(pos, mask), psi_params) ** 2               # [B, N, N]
+    gate = psi(inverse_distances(pos, mask).to(q.dtype), psi_params) ** 2   # [B, N, N]
     allowed = real_pairs(mask, include_self=False)[:, None]                 # [B, 1, N, N]
     scores = torch.einsum("bihd,bjhd->bhij", q, k) * scale                  # [B, H, N, N]
     scores = scores.masked_fill(~allowed, float("-inf"))
@@ -135,10 +139,10 @@ def geometric_encoding(pos: Tensor, phi_params: Sequence[Tensor], mask: Optional
         mask: bool ``[B, N]``; cu_seqlens: int32 ``[B + 1]``.
 
     Returns:
-        s: ``[B, N]`` or ``[T]``, dtype of ``pos``; 0 for padding atoms.
+        s: ``[B, N]`` or ``[T]``, dtype of the φ weights; 0 for padding atoms.
     """
     if cu_seqlens is not None:
         return _per_molecule(lambda p_: geometric_encoding(p_, phi_params), cu_seqlens, pos)
     mask = _full_mask(pos, mask)
-    values = phi(inverse_distances(pos, mask), phi_params)                  # [B, N, N]
+    values = phi(inverse_distances(pos, mask).to(phi_params[0].dtype), phi_params)  # [B, N, N]
     return (values * real_pairs(mask, include_self=True)).sum(-1)

@@ -203,3 +203,28 @@ def test_fused_module_invariances():
     pos2 = torch.cat([pos, torch.randn(x.shape[0], extra, 3, dtype=pos.dtype)], 1)
     mask2 = torch.cat([mask, torch.zeros(x.shape[0], extra, dtype=torch.bool)], 1)
     torch.testing.assert_close(attn(x2, pos2, mask2)[:, :z.shape[1]][mask], base[mask])
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_float64_positions_keep_far_fragments_exact(backend):
+    """The paper's augmentation puts a second molecule 1e4 Å away. float32 coordinates there resolve ~1e-3 Å;
+    float64 positions with float32 features keep the result at float32 accuracy."""
+    a, b = qm9_molecules(2, seed=4)
+    pos64 = torch.cat([torch.from_numpy(a.pos), torch.from_numpy(b.pos) + 1e4])
+    cu = torch.tensor([0, pos64.shape[0]], dtype=torch.int32)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(pos64.shape[0], 4, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    psi = mlp_params([50, 50, 50], seed=1)
+    exact = R.geometric_attention(q, k, v, pos64, psi, cu_seqlens=cu)
+    psi32 = [p.detach().float() for p in psi]
+
+    def run(pos):
+        return gtkernels.geometric_attention(q.float(), k.float(), v.float(), pos, psi32, cu_seqlens=cu,
+                                             backend=backend)
+
+    err64, err32 = rel_err(run(pos64), exact), rel_err(run(pos64.float()), exact)
+    assert err64 < 1e-5
+    assert err32 > 10 * err64
+    pos = pos64.clone().requires_grad_()
+    run(pos).sum().backward()
+    assert pos.grad.dtype == torch.float64 and torch.isfinite(pos.grad).all()

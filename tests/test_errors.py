@@ -106,15 +106,17 @@ def test_encoding_errors():
     phi = mlp_params([5])
     with pytest.raises(ValueError, match="pos must end with 3 coordinates"):
         gtkernels.geometric_encoding(torch.randn(2, 4, 2, dtype=torch.float64), phi)
-    with pytest.raises(TypeError, match="phi_params"):
-        gtkernels.geometric_encoding(torch.randn(2, 4, 3), phi)
+    with pytest.raises(TypeError, match=r"phi_params\[2\] has dtype torch.float32"):
+        gtkernels.geometric_encoding(torch.randn(2, 4, 3), phi[:2] + [p.float() for p in phi[2:]])
+    with pytest.raises(TypeError, match="pos must be float32 or float64"):
+        gtkernels.geometric_encoding(torch.randn(2, 4, 3).half(), phi)
 
 
 @requires_cpu
 def test_backend_that_cannot_run_says_what_would(padded):
     q, k, v, pos, mask, psi = padded
     with pytest.raises(TypeError, match="backend='cpu' supports float32 and float64"):
-        attn(q.half(), k.half(), v.half(), pos.half(), mask, [p.half() for p in psi], backend="cpu")
+        attn(q.half(), k.half(), v.half(), pos, mask, [p.half() for p in psi], backend="cpu")
     with pytest.raises(NotImplementedError, match="dropout"):
         attn(*padded, dropout_p=0.1, backend="cpu")
     with pytest.raises(NotImplementedError, match="not built"):

@@ -32,6 +32,7 @@ def _row_inputs(dtype, layout):
     else:
         seg, valid = padded_segments(q.shape[0], q.shape[1], mask, q.device)
         q, k, v, pos = (padded_to_rows(t).detach().requires_grad_() for t in (q, k, v, pos))
+    pos = pos.detach().double().requires_grad_()  # the kernels take float64 positions
     return q, k, v, pos, psi, seg, valid
 
 

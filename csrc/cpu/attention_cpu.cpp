@@ -33,7 +33,7 @@ struct AttnProblem {
   const T* q;
   const T* k;
   const T* v;
-  const T* pos;
+  const double* pos;  // [R, 3] float64 (see inverse_distance)
   const bool* valid;
   int64_t H, D;
   T scale;
@@ -66,7 +66,7 @@ struct FwdScratch {
 
 // Gates of the pairs of a tile: G[a][b] = ψ(rinv_ab)².
 template <class T>
-void tile_gates(const gt::MlpView<T>& mv, const T* pos, const TaskRows& tr, T* ws, T* G) {
+void tile_gates(const gt::MlpView<T>& mv, const double* pos, const TaskRows& tr, T* ws, T* G) {
   T x[kTilePairs], y[kTilePairs];
   const int64_t* vj = tr.rows_j();
   for (int c0 = 0; c0 < tr.npairs; c0 += kTilePairs) {
@@ -270,7 +270,7 @@ struct BwdProblem : AttnProblem<T> {
   T* dq;
   T* dk;
   T* dv;
-  T* dpos;
+  double* dpos;
 };
 
 template <class T>
@@ -400,7 +400,8 @@ void attention_bwd_task(const BwdProblem<T>& P, const gt::MlpView<T>& mv, const 
   TaskRows& tr = sc.rows;
   if (!tr.load(task, P.valid)) return;
   const int64_t* vj = tr.rows_j();
-  T x[kTilePairs], y[kTilePairs], dy[kTilePairs], dx[kTilePairs], gi[kTilePairs][3];
+  T x[kTilePairs], y[kTilePairs], dy[kTilePairs], dx[kTilePairs];
+  double gi[kTilePairs][3];
   for (int c0 = 0; c0 < tr.npairs; c0 += kTilePairs) {
     const int n = std::min(kTilePairs, tr.npairs - c0);
     for (int p = 0; p < kTilePairs; ++p) {  // padding pairs of the last tile: rinv 0, no gradient
@@ -418,8 +419,8 @@ void attention_bwd_task(const BwdProblem<T>& P, const gt::MlpView<T>& mv, const 
     }
     gt::mlp_backward_tile<T, kTilePairs>(mv, x, sc.ws.data(), dy, grad, sc.bws.data(), dx);
     for (int p = 0; p < n; ++p) {
-      T* dpi = P.dpos + 3 * tr.vi[tr.pa[c0 + p]];
-      T* dpj = P.dpos + 3 * vj[tr.pb[c0 + p]];
+      double* dpi = P.dpos + 3 * tr.vi[tr.pa[c0 + p]];
+      double* dpj = P.dpos + 3 * vj[tr.pb[c0 + p]];
       for (int c = 0; c < 3; ++c) {
         dpi[c] += dx[p] * gi[p][c];
         dpj[c] -= dx[p] * gi[p][c];
@@ -466,7 +467,7 @@ void attention_fwd_typed(const at::Tensor& q, const at::Tensor& k, const at::Ten
                          double scale, at::Tensor& out, at::Tensor& lse) {
   const int64_t R = q.size(0), H = q.size(1), D = q.size(2);
   PackedMlp<T> pk = pack_mlp<T>(psi, gt::kActRelu, gt::kActNone);
-  AttnProblem<T> P{q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), pos.data_ptr<T>(),
+  AttnProblem<T> P{q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), pos.data_ptr<double>(),
                    valid.has_value() ? valid->data_ptr<bool>() : nullptr, H, D, static_cast<T>(scale)};
   dispatch_head_dim(D, [&](auto dc) {
     attention_fwd_impl<T, decltype(dc)::value>(P, pk.view, sch, R, out.data_ptr<T>(), lse.data_ptr<T>());
@@ -500,7 +501,7 @@ std::vector<at::Tensor> attention_bwd_typed(const at::Tensor& dout, const at::Te
   compute_Dv<T>(out.data_ptr<T>(), dout.data_ptr<T>(), R, H, D, Dv.data());
   BwdProblem<T> P;
   static_cast<AttnProblem<T>&>(P) = AttnProblem<T>{
-      q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), pos.data_ptr<T>(),
+      q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), pos.data_ptr<double>(),
       valid.has_value() ? valid->data_ptr<bool>() : nullptr, H, D, static_cast<T>(scale)};
   P.dout = dout.data_ptr<T>();
   P.lse = lse.data_ptr<T>();
@@ -508,7 +509,7 @@ std::vector<at::Tensor> attention_bwd_typed(const at::Tensor& dout, const at::Te
   P.dq = dq.data_ptr<T>();
   P.dk = dk.data_ptr<T>();
   P.dv = dv.data_ptr<T>();
-  P.dpos = dpos.data_ptr<T>();
+  P.dpos = dpos.data_ptr<double>();
   const int nt = num_threads();
   const int64_t gsize = pk.view.grad_size;
   std::vector<T> partials(static_cast<size_t>(nt * gsize), T(0));

@@ -13,7 +13,7 @@ namespace {
 
 template <class T>
 struct EncProblem {
-  const T* pos;
+  const double* pos;  // [R, 3] float64 (see inverse_distance)
   const bool* valid;
   const gt::MlpView<T>* mv;
 };
@@ -51,12 +51,13 @@ void encoding_fwd_task(const EncProblem<T>& P, const PairTask& task, EncScratch<
 
 // Pairs of one task: seed ds_i + ds_j (φ(rinv_ij) enters s_i and s_j), d rinv to dpos_i and dpos_j.
 template <class T>
-void encoding_bwd_task(const EncProblem<T>& P, const PairTask& task, const T* ds, EncScratch<T>& sc, T* dpos,
+void encoding_bwd_task(const EncProblem<T>& P, const PairTask& task, const T* ds, EncScratch<T>& sc, double* dpos,
                        T* grad) {
   TaskRows& tr = sc.rows;
   if (!tr.load(task, P.valid)) return;
   const int64_t* vj = tr.rows_j();
-  T x[kTilePairs], y[kTilePairs], dy[kTilePairs], dx[kTilePairs], gi[kTilePairs][3];
+  T x[kTilePairs], y[kTilePairs], dy[kTilePairs], dx[kTilePairs];
+  double gi[kTilePairs][3];
   for (int c0 = 0; c0 < tr.npairs; c0 += kTilePairs) {
     const int n = std::min(kTilePairs, tr.npairs - c0);
     for (int p = 0; p < kTilePairs; ++p) {  // padding pairs of the last tile: no gradient
@@ -71,8 +72,8 @@ void encoding_bwd_task(const EncProblem<T>& P, const PairTask& task, const T* ds
     gt::mlp_forward_tile<T, kTilePairs>(*P.mv, x, sc.ws.data(), y);
     gt::mlp_backward_tile<T, kTilePairs>(*P.mv, x, sc.ws.data(), dy, grad, sc.bws.data(), dx);
     for (int p = 0; p < n; ++p) {
-      T* dpi = dpos + 3 * tr.vi[tr.pa[c0 + p]];
-      T* dpj = dpos + 3 * vj[tr.pb[c0 + p]];
+      double* dpi = dpos + 3 * tr.vi[tr.pa[c0 + p]];
+      double* dpj = dpos + 3 * vj[tr.pb[c0 + p]];
       for (int c = 0; c < 3; ++c) {
         dpi[c] += dx[p] * gi[p][c];
         dpj[c] -= dx[p] * gi[p][c];
@@ -85,7 +86,7 @@ template <class T>
 void encoding_fwd_typed(const at::Tensor& pos, at::TensorList phi, const Schedule& sch,
                         const std::optional<at::Tensor>& valid, at::Tensor& s) {
   PackedMlp<T> pk = pack_mlp<T>(phi, gt::kActGelu, gt::kActGelu);
-  EncProblem<T> P{pos.data_ptr<T>(), valid.has_value() ? valid->data_ptr<bool>() : nullptr, &pk.view};
+  EncProblem<T> P{pos.data_ptr<double>(), valid.has_value() ? valid->data_ptr<bool>() : nullptr, &pk.view};
   T z[gt::kMaxLayers * gt::kMaxWidth], a[gt::kMaxLayers * gt::kMaxWidth];
   const T phi0 = gt::mlp_forward_pair<T>(pk.view, T(0), z, a);  // the j = i term (rinv_ii = 0)
   T* ps = s.data_ptr<T>();
@@ -112,9 +113,9 @@ std::vector<at::Tensor> encoding_bwd_typed(const at::Tensor& ds, const at::Tenso
   const int64_t R = pos.size(0);
   PackedMlp<T> pk = pack_mlp<T>(phi, gt::kActGelu, gt::kActGelu);
   const bool* pv = valid.has_value() ? valid->data_ptr<bool>() : nullptr;
-  EncProblem<T> P{pos.data_ptr<T>(), pv, &pk.view};
+  EncProblem<T> P{pos.data_ptr<double>(), pv, &pk.view};
   const T* pds = ds.data_ptr<T>();
-  T* pdpos = dpos.data_ptr<T>();
+  double* pdpos = dpos.data_ptr<double>();
   const int nt = num_threads();
   const int64_t gsize = pk.view.grad_size;
   std::vector<T> partials(static_cast<size_t>(nt * gsize), T(0));
@@ -145,9 +146,10 @@ std::vector<at::Tensor> encoding_bwd_typed(const at::Tensor& ds, const at::Tenso
 
 at::Tensor encoding_fwd_cpu(const at::Tensor& pos, at::TensorList phi, const at::Tensor& seg,
                             const std::optional<at::Tensor>& valid) {
-  at::Tensor s = at::zeros({pos.size(0)}, pos.options());
+  // s has the dtype of the φ parameters (the compute type); positions are float64.
+  at::Tensor s = at::zeros({pos.size(0)}, phi[0].options());
   const Schedule sch = make_schedule(seg);
-  AT_DISPATCH_FLOATING_TYPES(pos.scalar_type(), "gtkernels encoding_fwd",
+  AT_DISPATCH_FLOATING_TYPES(phi[0].scalar_type(), "gtkernels encoding_fwd",
                              [&] { encoding_fwd_typed<scalar_t>(pos, phi, sch, valid, s); });
   return s;
 }
@@ -158,7 +160,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd_cpu(const at::Tenso
   at::Tensor dpos = at::zeros_like(pos);
   std::vector<at::Tensor> dphi;
   const Schedule sch = make_schedule(seg);
-  AT_DISPATCH_FLOATING_TYPES(pos.scalar_type(), "gtkernels encoding_bwd",
+  AT_DISPATCH_FLOATING_TYPES(phi[0].scalar_type(), "gtkernels encoding_bwd",
                              [&] { dphi = encoding_bwd_typed<scalar_t>(ds, pos, phi, sch, valid, dpos); });
   return {dpos, dphi};
 }

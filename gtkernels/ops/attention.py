@@ -10,7 +10,7 @@ from torch import Tensor
 import gtkernels_py
 from .._backends import mlp_fits_kernels, resolve_backend
 from . import registry, validation as V
-from .layout import packed_segments, padded_segments, padded_to_rows
+from .layout import packed_segments, padded_segments, padded_to_rows, positions_as_rows
 
 
 def geometric_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi_params: Sequence[Tensor],
@@ -24,7 +24,8 @@ def geometric_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi_params
     Args:
         q, k, v: ``[B, N, H, D]`` with optional bool ``mask [B, N]`` (padded), or ``[T, H, D]`` with int32
             ``cu_seqlens [B + 1]`` (packed).
-        pos: ``[B, N, 3]`` / ``[T, 3]`` in Å, dtype of ``q``.
+        pos: ``[B, N, 3]`` / ``[T, 3]`` in Å, float32 or float64 whatever q's dtype (distances are computed in
+            float64 by the compiled backends, in pos's dtype by the reference).
         psi_params: ψω weights ``[W0, b0, ..., Wn, bn]`` (``PsiMLP.params()``), shared by all heads.
         backend: ``"auto"`` (fastest available), ``"reference"``, ``"cpu"``.
         validate: run the data-dependent checks (finite positions, atoms ≥ 1e-3 Å apart, cu_seqlens
@@ -44,7 +45,8 @@ def geometric_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi_params
     if tuple(pos.shape) != tuple(q.shape[:-2]) + (3,):
         raise ValueError(f"pos must have shape {tuple(q.shape[:-2]) + (3,)} to match q {tuple(q.shape)}, "
                          f"got {tuple(pos.shape)}")
-    V.check_same("q", q, k=k, v=v, pos=pos)
+    V.check_same("q", q, k=k, v=v)
+    V.check_positions(pos, "q", q)
     V.check_layout(pos, q.shape[:-2], mask, cu_seqlens)
     V.check_mlp_params("psi_params", psi_params, "q", q)
     if not 0.0 <= dropout_p < 1.0:
@@ -59,10 +61,10 @@ def geometric_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi_params
                                                 scale=scale, dropout_p=dropout_p)
     psi = [p.contiguous() for p in psi_params]
     if cu_seqlens is not None:
-        out, _ = registry.attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(), pos.contiguous(), psi,
+        out, _ = registry.attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(), positions_as_rows(pos), psi,
                                         packed_segments(cu_seqlens), None, scale, backend)
         return out
     seg, valid = padded_segments(q.shape[0], q.shape[1], mask, q.device)
-    out, _ = registry.attention_fwd(padded_to_rows(q), padded_to_rows(k), padded_to_rows(v), padded_to_rows(pos),
+    out, _ = registry.attention_fwd(padded_to_rows(q), padded_to_rows(k), padded_to_rows(v), positions_as_rows(pos),
                                     psi, seg, valid, scale, backend)
     return out.view(q.shape)

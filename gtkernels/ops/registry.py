@@ -1,7 +1,7 @@
 """The ``torch.library`` custom ops of gtkernels, with fake (meta) kernels and autograd formulas.
 
 Every op works on the "segments of rows" layout shared by all compiled backends:
-``q, k, v: [R, H, D]``, ``pos: [R, 3]``, ``seg: int64 [B + 1]`` row boundaries of the molecules and
+``q, k, v: [R, H, D]``, ``pos: [R, 3]`` (always float64: distances are computed in float64), ``seg: int64 [B + 1]`` row boundaries of the molecules and
 ``valid: bool [R]`` or None (False marks a padding row). The public functions in
 :mod:`gtkernels.ops.attention` / :mod:`gtkernels.ops.encoding` convert the padded and packed layouts to it.
 
@@ -76,7 +76,7 @@ def encoding_fwd(pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Te
 
 @encoding_fwd.register_fake
 def _(pos, phi, seg, valid, backend):
-    return pos.new_empty(pos.shape[:1])
+    return phi[0].new_empty(pos.shape[:1])
 
 
 @torch.library.custom_op("gtkernels::encoding_bwd", mutates_args=())

@@ -44,8 +44,17 @@ def check_same(ref_name: str, ref: Tensor, **others: Optional[Tensor]) -> None:
             raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}; use one dtype")
 
 
+def check_positions(pos: Tensor, ref_name: str, ref: Tensor) -> None:
+    """``pos`` is float32 or float64 (independently of the features: float64 keeps far fragments exact)."""
+    if pos.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"pos must be float32 or float64, got {pos.dtype}")
+    if pos.device != ref.device:
+        raise ValueError(f"pos is on {pos.device} but {ref_name} is on {ref.device}; move them to one device")
+
+
 def check_mlp_params(name: str, params: Sequence[Tensor], ref_name: str, ref: Tensor) -> None:
-    """``params = [W0, b0, ..., Wn, bn]`` in nn.Linear layout, 1 input and 1 output, widths chained."""
+    """``params = [W0, b0, ..., Wn, bn]`` in nn.Linear layout, 1 input and 1 output, widths chained, each on
+    ``ref``'s device with its dtype."""
     if not isinstance(params, (list, tuple)) or len(params) < 2 or len(params) % 2:
         raise ValueError(f"{name} must be a list [W0, b0, W1, b1, ...] of nn.Linear weights and biases, "
                          f"got {type(params).__name__} of length {len(params) if hasattr(params, '__len__') else '?'}")
