@@ -1,0 +1,207 @@
+"""QM9 as an HDF5 cache built once from qm9pack's CSV files, plus reproducible splits.
+
+>>> ds = QM9()                      # builds ~/.cache/gtkernels/qm9_v1.h5 on first use (progress bar)
+>>> len(ds), ds.targets("U0")[:3]   # 130831, energies in meV
+>>> split = make_split(len(ds), seed=0)  # {'train': 110000 indices, 'val': 10000, 'test': rest}
+
+Layout of the cache (datasets): ``z`` uint8 ``[T]``, ``pos`` float32 ``[T, 3]`` (Å), ``offsets`` int64 ``[M+1]``,
+``index`` int64 ``[M]`` (QM9 index), ``targets`` float64 ``[M, 12]`` in the units of :mod:`.units`.
+Attributes: ``complete`` (written last), ``version``, ``n_molecules``, ``n_atoms``, ``checksum`` (BLAKE2 of the arrays).
+A file lacking any of these, with wrong counts or a wrong checksum is rebuilt, never used.
+Positions are rounded to multiples of 2⁻³² Å (a no-op except for |x| < 2⁻⁹ Å) so that translating a molecule
+by an integer number of Å in float64 is exact (the augmentation relies on it).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tempfile
+import time
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from .elements import ATOMIC_NUMBERS
+from .qm9pack_csv import CSV_PARTS, _parse_coordinates, qm9pack_data_dir
+from .units import TARGET_NAMES, TARGETS
+
+CACHE_VERSION = 1
+QM9_SIZE = 130_831
+MAX_ATOMS = 29
+_GRID = 2.0 ** 32
+
+
+def cache_dir(path: Optional[str] = None) -> str:
+    """``path``, else ``$GTKERNELS_CACHE``, else ``~/.cache/gtkernels``."""
+    return os.path.expanduser(path or os.environ.get("GTKERNELS_CACHE") or os.path.join("~", ".cache", "gtkernels"))
+
+
+def cache_path(path: Optional[str] = None, limit: Optional[int] = None) -> str:
+    name = f"qm9_v{CACHE_VERSION}" + (f"_first{limit}" if limit else "") + ".h5"
+    return os.path.join(cache_dir(path), name)
+
+
+def _checksum(arrays: Sequence[np.ndarray]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).view(np.uint8).reshape(-1))
+    return h.hexdigest()
+
+
+def _read_csv(limit: Optional[int], progress: bool):
+    from tqdm import tqdm
+    csv.field_size_limit(1 << 24)
+    total = min(limit, QM9_SIZE) if limit else QM9_SIZE
+    zs, poss, idx, tgt = [], [], [], []
+    bar = tqdm(total=total, desc="QM9 CSV -> HDF5", unit="mol", disable=not progress, mininterval=0.5)
+    cols = [t.column for t in TARGETS]
+    scales = np.array([t.scale for t in TARGETS])
+    for part in CSV_PARTS:
+        with open(os.path.join(qm9pack_data_dir(), part), newline="") as fh:
+            for row in csv.DictReader(fh):
+                if len(idx) >= total:
+                    break
+                zs.append(np.array([ATOMIC_NUMBERS[s.strip("'\" ")] for s in row["Elements"].strip("[]").split(",")],
+                                   dtype=np.uint8))
+                poss.append(_parse_coordinates(row["XYZ_Ang"]))
+                idx.append(int(row["Index"]))
+                tgt.append([float(row[c].replace("*^", "e")) for c in cols])
+                bar.update(1)
+    bar.close()
+    offsets = np.zeros(len(zs) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(z) for z in zs])
+    pos = np.round(np.concatenate(poss) * _GRID) / _GRID
+    return (np.concatenate(zs), pos.astype(np.float32), offsets, np.array(idx, dtype=np.int64),
+            np.array(tgt, dtype=np.float64) * scales)
+
+
+def build_cache(path: str, limit: Optional[int] = None, progress: bool = True) -> None:
+    """Convert the CSV into ``path`` (written to a temporary file in the same folder, then renamed)."""
+    import h5py
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    z, pos, offsets, index, targets = _read_csv(limit, progress)
+    fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=os.path.dirname(path) or ".")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            for name, arr in (("z", z), ("pos", pos), ("offsets", offsets), ("index", index), ("targets", targets)):
+                f.create_dataset(name, data=arr)
+            f.attrs["target_names"] = json.dumps(list(TARGET_NAMES))
+            f.attrs["version"] = CACHE_VERSION
+            f.attrs["n_molecules"] = len(index)
+            f.attrs["n_atoms"] = len(z)
+            f.attrs["checksum"] = _checksum([z, pos, offsets, index, targets])
+            f.attrs["complete"] = True
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _load(path: str, expected: Optional[int]) -> Dict[str, np.ndarray]:
+    """The cache's arrays; raises ValueError (or OSError) if it is incomplete, inconsistent or corrupted."""
+    import h5py
+    with h5py.File(path, "r") as f:
+        a = dict(f.attrs)
+        if not a.get("complete", False) or a.get("version") != CACHE_VERSION:
+            raise ValueError("incomplete cache or old version")
+        data = {k: f[k][()] for k in ("z", "pos", "offsets", "index", "targets")}
+    m, t = int(a["n_molecules"]), int(a["n_atoms"])
+    ok = (data["z"].shape == (t,) and data["pos"].shape == (t, 3) and data["offsets"].shape == (m + 1,)
+          and data["index"].shape == (m,) and data["targets"].shape == (m, len(TARGET_NAMES))
+          and data["offsets"][-1] == t and (expected is None or m == expected))
+    if not ok:
+        raise ValueError("counts do not match")
+    if _checksum([data[k] for k in ("z", "pos", "offsets", "index", "targets")]) != a["checksum"]:
+        raise ValueError("checksum mismatch")
+    return data
+
+
+class QM9:
+    """The QM9 dataset (130,831 molecules), from the HDF5 cache (built if missing, rebuilt if damaged).
+
+    Args:
+        cache: cache folder (default ``$GTKERNELS_CACHE`` or ``~/.cache/gtkernels``).
+        limit: only the first ``limit`` molecules (own cache file; for tests and demos).
+        progress: show the conversion progress bar.
+    """
+
+    def __init__(self, cache: Optional[str] = None, limit: Optional[int] = None, progress: bool = True,
+                 verbose: bool = False):
+        self.path = cache_path(cache, limit)
+        expected = min(limit, QM9_SIZE) if limit else QM9_SIZE
+        t0 = time.perf_counter()
+        self.rebuilt = False
+        try:
+            data = _load(self.path, expected)
+        except (OSError, ValueError, KeyError) as exc:
+            if os.path.exists(self.path) and verbose:
+                print(f"QM9 cache {self.path} is unusable ({exc}); rebuilding it")
+            build_cache(self.path, limit, progress)
+            data = _load(self.path, expected)
+            self.rebuilt = True
+        self.load_seconds = time.perf_counter() - t0
+        self.z, self.pos, self.offsets = data["z"], data["pos"], data["offsets"]
+        self.index, self._targets = data["index"], data["targets"]
+        self.n_atoms = np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def targets(self, name: str) -> np.ndarray:
+        """float64 ``[M]`` values of target ``name`` in its standard unit."""
+        from .units import target
+        target(name)
+        return self._targets[:, TARGET_NAMES.index(name)]
+
+    def molecule(self, i: int):
+        """The i-th molecule (0-based) as a :class:`~gtkernels.data.Molecule` (float64 positions)."""
+        from .qm9pack_csv import Molecule
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return Molecule(int(self.index[i]), self.z[a:b], self.pos[a:b].astype(np.float64))
+
+    def padded_arrays(self):
+        """``(z uint8 [M, 29], pos float32 [M, 29, 3])``, zero-padded; built once and cached on the object."""
+        if not hasattr(self, "_padded"):
+            m = len(self)
+            n = int(self.n_atoms.max()) if m else 0
+            slot = np.arange(len(self.z)) - np.repeat(self.offsets[:-1], self.n_atoms)
+            mol = np.repeat(np.arange(m), self.n_atoms)
+            z = np.zeros((m, n), np.uint8)
+            pos = np.zeros((m, n, 3), np.float32)
+            z[mol, slot] = self.z
+            pos[mol, slot] = self.pos
+            self._padded = (z, pos)
+        return self._padded
+
+
+# ---------------------------------------------------------------------------------------------- splits
+def make_split(n: int, seed: int = 0, n_train: int = 110_000, n_val: int = 10_000) -> Dict[str, np.ndarray]:
+    """Random split of ``range(n)``: ``n_train`` / ``n_val`` / the rest (test), from ``seed``.
+
+    For ``n`` smaller than QM9 (subsets), the sizes scale down proportionally (84 % / 7.6 % / rest).
+    """
+    if n < n_train + n_val:
+        n_train, n_val = int(round(n * 110_000 / QM9_SIZE)), max(1, int(round(n * 10_000 / QM9_SIZE)))
+    perm = np.random.default_rng(seed).permutation(n)
+    return {"train": np.sort(perm[:n_train]), "val": np.sort(perm[n_train:n_train + n_val]),
+            "test": np.sort(perm[n_train + n_val:])}
+
+
+def save_split(split: Dict[str, np.ndarray], path: str, **meta) -> None:
+    """Write the split as JSON (atomically) so a run's test set is never trained on."""
+    obj = {k: [int(i) for i in v] for k, v in split.items()}
+    obj["meta"] = meta
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh)
+    os.replace(tmp, path)
+
+
+def load_split(path: str) -> Dict[str, np.ndarray]:
+    with open(path) as fh:
+        obj = json.load(fh)
+    return {k: np.asarray(obj[k], dtype=np.int64) for k in ("train", "val", "test")}
