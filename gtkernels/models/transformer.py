@@ -1,0 +1,108 @@
+"""``gtkernels.models.GeometricTransformer``: the paper's model (DESIGN.md §2) on the fused kernels."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+import gtkernels_py
+from gtkernels_py.modules import EncoderBlock
+
+from ..data.batching import cu_seqlens_from_batch
+from ..nn import FusedGeometricAttention, GeometricEncoding
+from ..ops.validation import check_values
+
+#: Model sizes. ``paper`` is the configuration of Choukroun & Wolf (the default); the others are for CPU.
+PRESETS = {
+    "paper": dict(num_layers=10, d_model=512, num_heads=256),
+    "base": dict(num_layers=6, d_model=256, num_heads=16),
+    "small": dict(num_layers=4, d_model=128, num_heads=8),
+    "tiny": dict(num_layers=2, d_model=64, num_heads=4),
+}
+
+
+class FusedEncoderBlock(EncoderBlock):
+    """Pre-LN encoder block whose attention is :class:`gtkernels.FusedGeometricAttention`."""
+    attention_cls = FusedGeometricAttention
+
+
+def _float64_positions_supported() -> bool:
+    """True once the ops accept float64 positions with lower-precision features (distances in float64)."""
+    from .. import ops
+    return bool(getattr(ops, "SUPPORTS_FLOAT64_POSITIONS", False))
+
+
+class GeometricTransformer(gtkernels_py.GeometricTransformer):
+    """The Geometric Transformer on the fused kernels; same state-dict names as :class:`gtkernels_py.GeometricTransformer`.
+
+    Args:
+        preset: ``"paper"`` (default: 10 blocks, d_model 512, 256 heads), ``"base"``, ``"small"``, ``"tiny"``;
+            explicit ``num_layers`` / ``d_model`` / ``num_heads`` override it.
+        backend: ``"auto"``, ``"reference"`` or ``"cpu"`` for every attention and encoding layer.
+        validate: check positions (finite, atoms ≥ 1e-3 Å apart) once per forward at model level
+            (layers run with ``validate=False``).
+        mean, std, atomref: per-atom standardisation and frozen atom references (buffers), as in the paper.
+        target: name of the trained target (informational; stored in ``extra_repr``).
+
+    ``forward(z, pos, mask=None, *, cu_seqlens=None, include_atomref=True)``: padded ``z [B, N]`` (0 = padding)
+    with ``pos [B, N, 3]`` Å, or packed ``z [T]``, ``pos [T, 3]``, int32 ``cu_seqlens [B+1]``. Returns ``[B]``.
+    ``include_atomref=False`` leaves out Σ atomref (the trainer adds it in float64 to keep precision).
+    """
+
+    block_cls = FusedEncoderBlock
+    encoding_cls = GeometricEncoding
+
+    def __init__(self, preset: str = "paper", *, backend: str = "auto", validate: bool = True,
+                 target: Optional[str] = None, **kwargs):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        cfg = {**PRESETS[preset], **kwargs}
+        super().__init__(**cfg, backend=backend, validate=False)
+        self.config = {"preset": preset, **cfg, "backend": backend, "target": target}
+        self.config.pop("atomref", None)
+        self.config.pop("mean", None)
+        self.config.pop("std", None)
+        self.backend, self.validate, self.target = backend, validate, target
+
+    def _positions(self, pos: Tensor) -> Tensor:
+        dtype = self.embedding.weight.dtype
+        if pos.dtype == dtype or (pos.dtype == torch.float64 and _float64_positions_supported()):
+            return pos
+        return pos.to(dtype)
+
+    def forward(self, z: Tensor, pos: Tensor, mask: Optional[Tensor] = None, *,
+                cu_seqlens: Optional[Tensor] = None, include_atomref: bool = True) -> Tensor:
+        pos = self._positions(pos)
+        if cu_seqlens is None and mask is None:
+            mask = z > 0
+        if self.validate and not torch.compiler.is_compiling():
+            check_values(pos, mask if cu_seqlens is None else None, cu_seqlens)
+        out = super().forward(z, pos, mask, cu_seqlens=cu_seqlens)
+        if include_atomref:
+            return out
+        ref = self.atomref[z]
+        if cu_seqlens is None:
+            return out - (ref * mask).sum(-1)
+        seg = torch.repeat_interleave(torch.arange(cu_seqlens.numel() - 1, device=z.device),
+                                      (cu_seqlens[1:] - cu_seqlens[:-1]).long(), output_size=z.shape[0])
+        return out - torch.zeros_like(out).index_add_(0, seg, ref)
+
+    def forward_batch(self, z: Tensor, pos: Tensor, batch: Tensor, **kwargs) -> Tensor:
+        """PyG-style input: ``z [T]``, ``pos [T, 3]``, sorted ``batch [T]`` (molecule id of each atom)."""
+        return self.forward(z, pos, cu_seqlens=cu_seqlens_from_batch(batch), **kwargs)
+
+    def forces(self, z: Tensor, pos: Tensor, mask: Optional[Tensor] = None, *,
+               cu_seqlens: Optional[Tensor] = None) -> tuple:
+        """``(energy [B], forces = −∂E/∂pos)`` (forces shaped and typed like ``pos``). Only for energy targets."""
+        from ..data.units import BY_NAME
+        if self.target is not None and self.target in BY_NAME and not BY_NAME[self.target].energy:
+            raise ValueError(f"forces are −∂E/∂pos of an energy; this model predicts {self.target!r}")
+        with torch.enable_grad():
+            p = pos.detach().requires_grad_(True)
+            e = self.forward(z, p, mask, cu_seqlens=cu_seqlens)
+            (g,) = torch.autograd.grad(e.sum(), p, create_graph=self.training)
+        return e, -g
+
+    def extra_repr(self) -> str:
+        return f"preset={self.config['preset']!r}, backend={self.backend!r}, target={self.target!r}"
