@@ -94,4 +94,5 @@ setup(
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,
+    entry_points={"console_scripts": ["gtkernels=gtkernels.cli:main"]},
 )

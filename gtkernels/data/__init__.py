@@ -1,10 +1,11 @@
 """Molecule data: QM9 (HDF5 cache of the ``qm9pack`` CSV), users' molecules, batching and augmentation."""
 from .augment import merge_pairs
-from .batching import batch_vector, cu_seqlens_from_batch, make_batches, pack, pad, padding_overhead
+from .batching import (batch_vector, cu_seqlens_from_batch, make_batches, pack, packed_to_padded, pad,
+                       padding_overhead)
 from .molecules import MoleculeFileError, from_arrays, read_xyz
 from .qm9 import QM9, cache_dir, load_split, make_split, save_split
 from .qm9pack_csv import Molecule, iter_molecules, load_molecules, sample_molecules
 
 __all__ = ["Molecule", "iter_molecules", "load_molecules", "sample_molecules", "pad", "pack", "batch_vector",
-           "cu_seqlens_from_batch", "make_batches", "padding_overhead", "QM9", "cache_dir", "make_split",
+           "cu_seqlens_from_batch", "make_batches", "packed_to_padded", "padding_overhead", "QM9", "cache_dir", "make_split",
            "save_split", "load_split", "merge_pairs", "read_xyz", "from_arrays", "MoleculeFileError"]

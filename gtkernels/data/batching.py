@@ -84,3 +84,16 @@ def padding_overhead(sizes: np.ndarray, batches) -> dict:
         real_a += s.sum(); real_p += (s * s).sum()
         pad_a += len(s) * s.max(); pad_p += len(s) * s.max() ** 2
     return {"padded_atoms": pad_a / max(real_a, 1) - 1.0, "padded_pairs": pad_p / max(real_p, 1) - 1.0, "packed": 0.0}
+
+
+def packed_to_padded(z: Tensor, pos: Tensor, cu_seqlens: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Packed ``(z [T], pos [T, 3], cu_seqlens)`` → padded ``(z [B, N], pos [B, N, 3], mask [B, N])``."""
+    counts = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    b, n = counts.numel(), int(counts.max()) if counts.numel() else 0
+    mol = torch.repeat_interleave(torch.arange(b, device=z.device), counts, output_size=z.shape[0])
+    slot = torch.arange(z.shape[0], device=z.device) - cu_seqlens[:-1].long()[mol]
+    zp = z.new_zeros(b, n)
+    pp = pos.new_zeros(b, n, 3)
+    zp[mol, slot] = z
+    pp[mol, slot] = pos
+    return zp, pp, zp > 0

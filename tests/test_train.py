@@ -1,0 +1,147 @@
+"""Training CLI: learning on a QM9 subset, exact resume, crash-during-save recovery, evaluate/predict, DDP."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gtkernels.cli import main as cli
+from gtkernels.train import load_checkpoint
+
+COMMON = ["--preset", "tiny", "--no-progress", "--threads", "1"]  # 1 thread: robust on a shared, busy CI box
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    """A private dataset cache (subsets only: the first N molecules are converted in well under a second)."""
+    path = str(tmp_path_factory.mktemp("cache"))
+    old = os.environ.get("GTKERNELS_CACHE")
+    os.environ["GTKERNELS_CACHE"] = path
+    yield path
+    if old is None:
+        del os.environ["GTKERNELS_CACHE"]
+    else:
+        os.environ["GTKERNELS_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("run") / "u0")
+    summary = cli(["train", "--limit", "1500", "--epochs", "4", "--lr", "1e-3", "--run-dir", run, *COMMON])
+    return run, summary
+
+
+def _metrics(run):
+    import csv
+    with open(os.path.join(run, "metrics.csv")) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_validation_mae_falls(trained):
+    run, summary = trained
+    rows = _metrics(run)
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2, 3, 4]
+    first, last = float(rows[0]["val_mae"]), float(rows[-1]["val_mae"])
+    assert last < 0.75 * first, (first, last)
+    assert summary["molecules_per_s"] > 0 and summary["best_val_mae"] <= last
+    best = load_checkpoint(os.path.join(run, "best.pt"))  # weights_only=True
+    assert "model" in best and os.path.exists(os.path.join(run, "split.json"))
+
+
+def _weights(run):
+    return load_checkpoint(os.path.join(run, "last.pt"))
+
+
+def test_resume_is_exact(tmp_path):
+    args = ["--limit", "400", "--lr", "1e-3", "--patience", "0", "--factor", "0.5", *COMMON]
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    cli(["train", "--epochs", "2", "--run-dir", a, *args])
+    cli(["train", "--epochs", "4", "--run-dir", a, "--resume", *args])
+    cli(["train", "--epochs", "4", "--run-dir", b, *args])
+    ca, cb = _weights(a), _weights(b)
+    assert ca["state"]["epoch"] == cb["state"]["epoch"] == 4
+    for k in cb["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), k
+    assert ca["scheduler"] == cb["scheduler"]
+    assert [r["val_mae"] for r in _metrics(a)] == [r["val_mae"] for r in _metrics(b)]
+
+
+def test_time_budget_resume_mid_epoch(tmp_path):
+    run = str(tmp_path / "t")
+    cli(["train", "--limit", "3000", "--time-budget", "0.5", "--run-dir", run, *COMMON])
+    state = _weights(run)["state"]
+    assert state["epoch"] == 0 and 0 < state["batch"]
+    cli(["train", "--epochs", "1", "--run-dir", run, "--resume", *COMMON])
+    assert _weights(run)["state"]["epoch"] == 1
+
+
+def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    run = str(tmp_path / "c")
+    args = ["--limit", "300", "--run-dir", run, *COMMON]
+    cli(["train", "--epochs", "1", *args])
+    before = _weights(run)
+    real_save = torch.save
+
+    def crashing_save(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 half a checkpoint")   # a partial file, then the process "dies"
+        raise KeyboardInterrupt("simulated kill during save")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        cli(["train", "--epochs", "2", "--resume", *args])
+    monkeypatch.setattr(torch, "save", real_save)
+    assert any(f.endswith(".pt.tmp") for f in os.listdir(run))  # the half-written file, never renamed
+    after = _weights(run)  # still the complete epoch-1 checkpoint
+    assert after["state"] == before["state"]
+    cli(["train", "--epochs", "2", "--resume", *args])
+    assert _weights(run)["state"]["epoch"] == 2
+    assert len(_metrics(run)) == 2
+
+
+def test_evaluate_writes_plots(trained, capsys):
+    run, _ = trained
+    r = cli(["evaluate", run])
+    out = capsys.readouterr().out
+    assert "test MAE U0" in out and "meV" in out
+    assert r["n"] > 0 and r["mae"] > 0
+    for key in ("parity_plot", "learning_curve"):
+        assert os.path.getsize(r[key]) > 1000 and open(r[key], "rb").read(4) == b"\x89PNG"
+
+
+def test_predict_and_errors(trained, tmp_path, capsys):
+    run, _ = trained
+    good = tmp_path / "mols.xyz"
+    good.write_text("5\nmethane\nC 0 0 0\nH 0.63 0.63 0.63\nH -0.63 -0.63 0.63\nH -0.63 0.63 -0.63\n"
+                    "H 0.63 -0.63 -0.63\n3\nwater\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n")
+    values = cli(["predict", run, str(good)])
+    assert len(values) == 2
+    assert -1.2e6 < values[0] < -1.0e6   # methane's U0 ≈ −1.1015e6 meV
+    assert "U0 =" in capsys.readouterr().out
+    bad = tmp_path / "bad.xyz"
+    bad.write_text("2\nx\nH 0 0 0\nH 0.7 0\n")
+    with pytest.raises(SystemExit):
+        cli(["predict", run, str(bad)])
+    err = capsys.readouterr().err
+    assert "bad.xyz, line 4" in err
+    si = tmp_path / "si.xyz"
+    si.write_text("1\nx\nSi 0 0 0\n")
+    with pytest.raises(SystemExit):
+        cli(["predict", run, str(si)])
+    assert "Si" in capsys.readouterr().err
+
+
+def test_ddp_gloo_two_processes(tmp_path, cache):
+    run = str(tmp_path / "ddp")
+    env = dict(os.environ, GTKERNELS_CACHE=cache, OMP_NUM_THREADS="1")
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "gtkernels", "train", "--limit", "300", "--epochs", "1", "--batch-size", "16",
+           "--run-dir", run, "--preset", "tiny", "--no-progress", "--threads", "1"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ck = _weights(run)
+    assert ck["state"]["epoch"] == 1 and ck["state"]["step"] > 0
