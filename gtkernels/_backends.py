@@ -1,11 +1,16 @@
 """Which backends exist on this machine, and which one runs a given request.
 
 Backends: ``reference`` (gtkernels_py, always), ``cpu`` (fused C++/OpenMP kernels in ``gtkernels._C``),
-``triton`` and ``cuda`` (GPU kernels, not built yet). ``auto`` picks the fastest one that can run the request.
-A backend that cannot run a request raises an error naming one that would; it never silently substitutes.
+``triton`` (Triton kernels in :mod:`gtkernels.triton`: CUDA tensors, or CPU tensors under the Triton
+interpreter, ``TRITON_INTERPRET=1`` set before triton is imported) and ``cuda`` (not built yet). ``auto`` picks
+the fastest one that can run the request: ``cpu`` for CPU tensors, ``triton`` for CUDA tensors (``reference``
+where neither can run it). A backend that cannot run a request raises an error naming one that would; it never
+silently substitutes. triton is imported lazily (it is slow to import and optional).
 """
 from __future__ import annotations
 
+import functools
+import os
 from typing import List, Optional
 
 import torch
@@ -18,6 +23,9 @@ except ImportError as exc:  # pragma: no cover - exercised only on machines with
 
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
 CPU_DTYPES = (torch.float32, torch.float64)
+#: dtypes of the triton backend on CUDA (float16/bfloat16 accumulate in float32); the interpreter (CPU) runs
+#: float32 and float64 only.
+TRITON_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def extension_available() -> bool:
@@ -25,11 +33,33 @@ def extension_available() -> bool:
     return _EXTENSION_ERROR is None
 
 
+@functools.lru_cache(maxsize=None)
+def _triton_import_error() -> Optional[str]:
+    """None when ``import triton`` works (tried once, on first need), else the reason."""
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def triton_available() -> bool:
+    """True when the triton package imports."""
+    return _triton_import_error() is None
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run in the interpreter on CPU tensors (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def backends() -> List[str]:
     """Names of the backends usable on this machine, e.g. ``['reference', 'cpu']``."""
     names = ["reference"]
     if extension_available():
         names.append("cpu")
+    if (torch.cuda.is_available() or triton_interpreting()) and triton_available():
+        names.append("triton")
     return names
 
 
@@ -54,10 +84,15 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, drop
         if (device.type == "cpu" and extension_available() and dtype in CPU_DTYPES and dropout_p == 0.0
                 and mlp_ok):
             return "cpu"
+        if (device.type == "cuda" and dtype in TRITON_DTYPES and dropout_p == 0.0 and mlp_ok
+                and triton_available()):
+            return "triton"
         return "reference"
     if backend == "reference":
         return backend
-    if backend in ("triton", "cuda"):
+    if backend == "triton":
+        return _check_triton(device, dtype, dropout_p, mlp_ok)
+    if backend == "cuda":
         raise NotImplementedError(
             f"backend={backend!r} is not built in this version of gtkernels; available: {backends()}")
     # backend == "cpu"
@@ -80,3 +115,32 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, drop
             f"backend='cpu' does not implement attention dropout (dropout_p={dropout_p}); the paper uses 0. "
             "Use backend='reference' (or 'auto', which picks it) to train with dropout")
     return backend
+
+
+def _check_triton(device: torch.device, dtype: torch.dtype, dropout_p: float, mlp_ok: bool) -> str:
+    if not triton_available():
+        raise RuntimeError(f"backend='triton' needs the triton package, which failed to import "
+                           f"({_triton_import_error()}); `pip install triton`, or use backend='reference'"
+                           + (" or 'cpu'" if extension_available() else ""))
+    if device.type == "cpu":
+        if not triton_interpreting():
+            raise ValueError("backend='triton' runs on CUDA tensors (CPU tensors only under the Triton interpreter, "
+                             "TRITON_INTERPRET=1 set before triton is imported); got CPU tensors: use "
+                             "backend='cpu' or 'reference' (or 'auto')")
+        if dtype not in CPU_DTYPES:
+            raise TypeError(f"backend='triton' under the interpreter supports float32 and float64, got {dtype}; "
+                            "cast the inputs or use backend='reference'")
+    elif device.type != "cuda":
+        raise ValueError(f"backend='triton' runs on CUDA tensors, got tensors on {device}; "
+                         "use backend='reference'")
+    elif dtype not in TRITON_DTYPES:
+        raise TypeError(f"backend='triton' supports float32, float64, float16 and bfloat16, got {dtype}; "
+                        "cast the inputs or use backend='reference'")
+    if not mlp_ok:
+        raise ValueError(f"backend='triton' supports MLPs of at most {MAX_MLP_LAYERS} Linear layers of width <= "
+                         f"{MAX_MLP_WIDTH}; use backend='reference' for wider or deeper ones")
+    if dropout_p != 0.0:
+        raise NotImplementedError(
+            f"backend='triton' does not implement attention dropout (dropout_p={dropout_p}); the paper uses 0. "
+            "Use backend='reference' (or 'auto', which picks it) to train with dropout")
+    return "triton"

@@ -120,7 +120,7 @@ def test_backend_that_cannot_run_says_what_would(padded):
     with pytest.raises(NotImplementedError, match="dropout"):
         attn(*padded, dropout_p=0.1, backend="cpu")
     with pytest.raises(NotImplementedError, match="not built"):
-        attn(*padded, backend="triton")
+        attn(*padded, backend="cuda")
     wide = mlp_params([200])
     with pytest.raises(ValueError, match="width <= 128"):
         attn(q, k, v, pos, mask, wide, backend="cpu")

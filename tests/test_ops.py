@@ -109,7 +109,8 @@ def test_import_without_extension_falls_back_to_reference():
     code = (
         "import sys; sys.modules['gtkernels._C'] = None\n"
         "import torch, gtkernels\n"
-        "assert gtkernels.backends() == ['reference'], gtkernels.backends()\n"
+        "names = gtkernels.backends()  # 'triton' may be listed too (GPU, or TRITON_INTERPRET=1)\n"
+        "assert names[0] == 'reference' and 'cpu' not in names, names\n"
         "m = gtkernels.FusedGeometricAttention(8, 2)\n"
         "y = m(torch.randn(1, 3, 8), torch.tensor([[[0., 0, 0], [1, 0, 0], [0, 1.5, 0]]]))\n"
         "assert y.shape == (1, 3, 8)\n"

@@ -5,7 +5,8 @@ Every op works on the "segments of rows" layout shared by all compiled backends:
 ``valid: bool [R]`` or None (False marks a padding row). The public functions in
 :mod:`gtkernels.ops.attention` / :mod:`gtkernels.ops.encoding` convert the padded and packed layouts to it.
 
-The ``backend`` string argument selects the implementation (``"cpu"``: ``torch.ops.gtkernels_C``).
+The ``backend`` string argument selects the implementation (``"cpu"``: ``torch.ops.gtkernels_C``,
+``"triton"``: :mod:`gtkernels.triton`, same signatures).
 These ops are opaque to ``torch.compile`` (no graph breaks) thanks to the fake kernels.
 """
 from __future__ import annotations
@@ -19,6 +20,9 @@ from torch import Tensor
 def _kernels(backend: str):
     if backend in ("cpu", "cuda"):
         return torch.ops.gtkernels_C
+    if backend == "triton":
+        from .. import triton as triton_kernels  # imported on first use: importing triton is slow
+        return triton_kernels
     raise ValueError(f"no compiled kernels for backend {backend!r}")
 
 
@@ -32,7 +36,9 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor
 
 @attention_fwd.register_fake
 def _(q, k, v, pos, psi, seg, valid, scale, backend):
-    return torch.empty_like(q), q.new_empty(q.shape[:2])
+    # lse: float64 for float64 inputs, float32 otherwise (float16/bfloat16 accumulate in float32)
+    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float64 if q.dtype == torch.float64
+                                            else torch.float32)
 
 
 @torch.library.custom_op("gtkernels::attention_bwd", mutates_args=())

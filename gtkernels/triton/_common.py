@@ -2,7 +2,8 @@
 ``@triton.jit`` helpers for the per-pair maths (inverse distances, the tile MLP forward and backward).
 
 MLP packing (ψω and φ). ``params = [W0, b0, W1, b1, ..., Wn, bn]`` in ``nn.Linear`` layout, W0: [h, 1],
-hidden Wl: [h, h], Wn: [1, h]; NH = n − 1 hidden h→h layers (0 ≤ NH ≤ 3). Every width is zero-padded to
+hidden Wl: [h, h], Wn: [1, h]; NH = n − 2 hidden h→h layers (0 ≤ NH ≤ 3; NH = −1 for a single
+Linear(1→1), whose buffer is just [w | b] padded to HP each). Every width is zero-padded to
 HP = max(16, next power of two) (50 → 64) so the hidden layers are ``tl.dot`` on [pairs, HP] × [HP, HP]; with
 zero weights and biases the padded units stay exactly 0 (ReLU(0) = GELU(0) = 0). One flat buffer, in the
 compute dtype (float32, or float64 for float64 inputs):
@@ -56,18 +57,22 @@ def block_size(max_atoms: int) -> int:
 
 
 def hidden_pad(params: Sequence[torch.Tensor]) -> int:
-    width = max(p.shape[0] for p in params[:-2:2])
+    width = max([p.shape[0] for p in params[:-2:2]], default=1)
     return max(16, triton.next_power_of_2(width))
 
 
 def pack_mlp(params: Sequence[torch.Tensor], dtype: torch.dtype) -> Tuple[torch.Tensor, int, int]:
     """Pack ``[W0, b0, ..., Wn, bn]`` into the flat zero-padded buffer. Returns ``(buffer, NH, HP)``."""
     n = len(params) // 2
-    if n < 2 or n - 2 > MAX_HIDDEN:
-        raise ValueError(f"backend='triton' needs an MLP of 2 to {MAX_HIDDEN + 2} Linear layers, got {n}; "
-                         "use backend='cpu' or 'reference'")
+    if n - 2 > MAX_HIDDEN:
+        raise ValueError(f"backend='triton' supports MLPs of at most {MAX_HIDDEN + 2} Linear layers, got {n}; "
+                         "use backend='reference'")
     nh, hp = n - 2, hidden_pad(params)
     dev = params[0].device
+    if n == 1:  # Linear(1→1): NH = −1, buffer [w (HP) | b (HP)], only the first entries used
+        flat = torch.zeros(2 * hp, dtype=dtype, device=dev)
+        flat[0], flat[hp] = params[0].reshape(()).to(dtype), params[1].reshape(()).to(dtype)
+        return flat, nh, hp
     w0 = torch.zeros(hp, dtype=dtype, device=dev)
     b0 = torch.zeros(hp, dtype=dtype, device=dev)
     w0[:params[0].shape[0]] = params[0][:, 0].to(dtype)
@@ -88,6 +93,8 @@ def unpack_grads(flat: torch.Tensor, params: Sequence[torch.Tensor]) -> List[tor
     """Gradient buffer row (packed layout) → ``[dW0, db0, ...]`` shaped and typed like ``params``."""
     n = len(params) // 2
     nh, hp = n - 2, hidden_pad(params)
+    if n == 1:
+        return [flat[:1].reshape(1, 1).to(params[0].dtype), flat[hp:hp + 1].to(params[1].dtype)]
     h0 = params[0].shape[0]
     out = [flat[:h0].reshape(h0, 1), flat[hp:hp + h0]]
     off_wh, off_bh = 2 * hp, 2 * hp + nh * hp * hp
@@ -199,27 +206,35 @@ def _hidden_fwd(a, PRM, layer, NH: tl.constexpr, HP: tl.constexpr, PREC: tl.cons
 def _mlp_fwd(x, PRM, NH: tl.constexpr, HP: tl.constexpr, ACT: tl.constexpr, PREC: tl.constexpr):
     """MLP on a flat tile of pair inputs ``x [P]``. Returns the last layer's output before any output
     activation ``[P]`` and the hidden pre-activations z0..z3 ``[P, HP]`` (unused ones are copies of z0)."""
-    k = tl.arange(0, HP)
-    w0 = tl.load(PRM + k)
-    b0 = tl.load(PRM + HP + k)
-    z0 = x[:, None] * w0[None, :] + b0[None, :]
-    z1 = z0
-    z2 = z0
-    z3 = z0
-    a = _act(z0, ACT)
-    if NH >= 1:
-        z1 = _hidden_fwd(a, PRM, 0, NH, HP, PREC)
-        a = _act(z1, ACT)
-    if NH >= 2:
-        z2 = _hidden_fwd(a, PRM, 1, NH, HP, PREC)
-        a = _act(z2, ACT)
-    if NH >= 3:
-        z3 = _hidden_fwd(a, PRM, 2, NH, HP, PREC)
-        a = _act(z3, ACT)
-    off_wl = 2 * HP + NH * HP * HP + NH * HP
-    wl = tl.load(PRM + off_wl + k)
-    bl = tl.load(PRM + off_wl + HP)
-    return tl.sum(a * wl[None, :], axis=1) + bl, z0, z1, z2, z3
+    if NH < 0:  # a single Linear(1→1)
+        zl = x * tl.load(PRM) + tl.load(PRM + HP)
+        z0 = zl[:, None]
+        z1 = z0
+        z2 = z0
+        z3 = z0
+    else:
+        k = tl.arange(0, HP)
+        w0 = tl.load(PRM + k)
+        b0 = tl.load(PRM + HP + k)
+        z0 = x[:, None] * w0[None, :] + b0[None, :]
+        z1 = z0
+        z2 = z0
+        z3 = z0
+        a = _act(z0, ACT)
+        if NH >= 1:
+            z1 = _hidden_fwd(a, PRM, 0, NH, HP, PREC)
+            a = _act(z1, ACT)
+        if NH >= 2:
+            z2 = _hidden_fwd(a, PRM, 1, NH, HP, PREC)
+            a = _act(z2, ACT)
+        if NH >= 3:
+            z3 = _hidden_fwd(a, PRM, 2, NH, HP, PREC)
+            a = _act(z3, ACT)
+        off_wl = 2 * HP + NH * HP * HP + NH * HP
+        wl = tl.load(PRM + off_wl + k)
+        bl = tl.load(PRM + off_wl + HP)
+        zl = tl.sum(a * wl[None, :], axis=1) + bl
+    return zl, z0, z1, z2, z3
 
 
 @triton.jit
@@ -245,28 +260,34 @@ def _mlp_bwd(x, dzl, z0, z1, z2, z3, PRM, GRD, NH: tl.constexpr, HP: tl.constexp
     """Backward of :func:`_mlp_fwd` for the seed ``dzl [P]`` (gradient of the last layer's output):
     accumulates every parameter gradient into GRD (read-modify-write of this program's own row) and
     returns dx ``[P]``."""
-    k = tl.arange(0, HP)
-    if NH == 0:
-        a = _act(z0, ACT)
-    elif NH == 1:
-        a = _act(z1, ACT)
-    elif NH == 2:
-        a = _act(z2, ACT)
+    if NH < 0:  # a single Linear(1→1)
+        tl.store(GRD, tl.load(GRD) + tl.sum(dzl * x, axis=0))
+        tl.store(GRD + HP, tl.load(GRD + HP) + tl.sum(dzl, axis=0))
+        dx = dzl * tl.load(PRM)
     else:
-        a = _act(z3, ACT)
-    off_wl = 2 * HP + NH * HP * HP + NH * HP
-    wl = tl.load(PRM + off_wl + k)
-    tl.store(GRD + off_wl + k, tl.load(GRD + off_wl + k) + tl.sum(dzl[:, None] * a, axis=0))
-    tl.store(GRD + off_wl + HP, tl.load(GRD + off_wl + HP) + tl.sum(dzl, axis=0))
-    da = dzl[:, None] * wl[None, :]
-    if NH >= 3:
-        da = _hidden_bwd(da, z3, z2, PRM, GRD, 2, NH, HP, ACT, PREC)
-    if NH >= 2:
-        da = _hidden_bwd(da, z2, z1, PRM, GRD, 1, NH, HP, ACT, PREC)
-    if NH >= 1:
-        da = _hidden_bwd(da, z1, z0, PRM, GRD, 0, NH, HP, ACT, PREC)
-    dz0 = _act_bwd(z0, da, ACT)
-    tl.store(GRD + k, tl.load(GRD + k) + tl.sum(dz0 * x[:, None], axis=0))
-    tl.store(GRD + HP + k, tl.load(GRD + HP + k) + tl.sum(dz0, axis=0))
-    w0 = tl.load(PRM + k)
-    return tl.sum(dz0 * w0[None, :], axis=1)
+        k = tl.arange(0, HP)
+        if NH == 0:
+            a = _act(z0, ACT)
+        elif NH == 1:
+            a = _act(z1, ACT)
+        elif NH == 2:
+            a = _act(z2, ACT)
+        else:
+            a = _act(z3, ACT)
+        off_wl = 2 * HP + NH * HP * HP + NH * HP
+        wl = tl.load(PRM + off_wl + k)
+        tl.store(GRD + off_wl + k, tl.load(GRD + off_wl + k) + tl.sum(dzl[:, None] * a, axis=0))
+        tl.store(GRD + off_wl + HP, tl.load(GRD + off_wl + HP) + tl.sum(dzl, axis=0))
+        da = dzl[:, None] * wl[None, :]
+        if NH >= 3:
+            da = _hidden_bwd(da, z3, z2, PRM, GRD, 2, NH, HP, ACT, PREC)
+        if NH >= 2:
+            da = _hidden_bwd(da, z2, z1, PRM, GRD, 1, NH, HP, ACT, PREC)
+        if NH >= 1:
+            da = _hidden_bwd(da, z1, z0, PRM, GRD, 0, NH, HP, ACT, PREC)
+        dz0 = _act_bwd(z0, da, ACT)
+        tl.store(GRD + k, tl.load(GRD + k) + tl.sum(dz0 * x[:, None], axis=0))
+        tl.store(GRD + HP + k, tl.load(GRD + HP + k) + tl.sum(dz0, axis=0))
+        w0 = tl.load(PRM + k)
+        dx = tl.sum(dz0 * w0[None, :], axis=1)
+    return dx
