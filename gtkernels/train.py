@@ -363,6 +363,10 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
         summary = {"run_dir": run_dir, "val_mae": val_mae, "best_val_mae": state["best_val"],
                    "molecules_per_s": state["molecules"] / max(state["train_seconds"], 1e-9),
                    "epoch": row["epoch"], "step": state["step"], "unit": config["unit"], "target": target}
+    if rank == 0 and summary:
+        print(f"trained {state['molecules']} molecules in {state['train_seconds']:.0f} s of steps: "
+              f"{summary['molecules_per_s']:.0f} molecules/s; best val MAE {state['best_val']:.5g} {config['unit']}; "
+              f"run folder {run_dir}", flush=True)
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

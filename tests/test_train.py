@@ -141,7 +141,14 @@ def test_ddp_gloo_two_processes(tmp_path, cache):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            "-m", "gtkernels", "train", "--limit", "300", "--epochs", "1", "--batch-size", "16",
            "--run-dir", run, "--preset", "tiny", "--no-progress", "--threads", "1"]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert p.returncode == 0, p.stderr[-3000:]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)   # the launcher and its workers: no orphaned processes left behind
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, err[-3000:]
     ck = _weights(run)
     assert ck["state"]["epoch"] == 1 and ck["state"]["step"] > 0
