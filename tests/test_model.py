@@ -140,7 +140,7 @@ def test_ase_calculator():
     e, f = atoms.get_potential_energy(), atoms.get_forces()
     z, pos, mask = torch.tensor([[6, 1, 1, 1, 1]]), torch.tensor(atoms.positions)[None], None
     e_ref, f_ref = m.eval().forces(z, pos)
-    assert e == pytest.approx(float(e_ref[0]) / 1000, rel=1e-12)
+    assert e == pytest.approx(float(e_ref[0].detach()) / 1000, rel=1e-12)
     assert abs(f - f_ref[0].numpy() / 1000).max() < 1e-12
     # forces are −dE/dx: central finite difference on one coordinate (eV, eV/Å)
     h = 1e-5
