@@ -10,7 +10,7 @@ compute dtype (float32, or float64 for float64 inputs):
 
     [w0 (HP) | b0 (HP) | Wh (NH × HP × HP, transposed: [in][out]) | bh (NH × HP) | wl (HP) | bl (1)]
 
-Gradient buffers use the same layout (one row per program, reduced afterwards with ``torch.sum`` in a
+Gradient buffers (float64) use the same layout (one row per program, reduced afterwards with ``torch.sum`` in a
 fixed order: deterministic, no atomics); :func:`unpack_grads` turns a row back into ``nn.Linear`` layout.
 
 Program tables. One program per (molecule, row block): int64 ``[P, 3]`` rows (segment start, segment end,
@@ -94,7 +94,8 @@ def unpack_grads(flat: torch.Tensor, params: Sequence[torch.Tensor]) -> List[tor
     n = len(params) // 2
     nh, hp = n - 2, hidden_pad(params)
     if n == 1:
-        return [flat[:1].reshape(1, 1).to(params[0].dtype), flat[hp:hp + 1].to(params[1].dtype)]
+        out = [flat[:1].reshape(1, 1), flat[hp:hp + 1]]
+        return [torch.empty_like(p).copy_(g) for g, p in zip(out, params)]
     h0 = params[0].shape[0]
     out = [flat[:h0].reshape(h0, 1), flat[hp:hp + h0]]
     off_wh, off_bh = 2 * hp, 2 * hp + nh * hp * hp
@@ -104,7 +105,7 @@ def unpack_grads(flat: torch.Tensor, params: Sequence[torch.Tensor]) -> List[tor
         out += [gw[:w.shape[1], :w.shape[0]].t(), flat[off_bh + layer * hp:off_bh + layer * hp + w.shape[0]]]
     off_wl = off_bh + nh * hp
     out += [flat[off_wl:off_wl + params[-2].shape[1]].reshape(1, -1), flat[off_wl + hp:off_wl + hp + 1]]
-    return [g.to(p.dtype).contiguous() for g, p in zip(out, params)]
+    return [torch.empty_like(p).copy_(g) for g, p in zip(out, params)]  # own storage: outputs must not alias
 
 
 def program_table(seg: torch.Tensor, block: int) -> torch.Tensor:
@@ -276,8 +277,10 @@ def _mlp_bwd(x, dzl, z0, z1, z2, z3, PRM, GRD, NH: tl.constexpr, HP: tl.constexp
             a = _act(z3, ACT)
         off_wl = 2 * HP + NH * HP * HP + NH * HP
         wl = tl.load(PRM + off_wl + k)
-        tl.store(GRD + off_wl + k, tl.load(GRD + off_wl + k) + tl.sum(dzl[:, None] * a, axis=0))
-        tl.store(GRD + off_wl + HP, tl.load(GRD + off_wl + HP) + tl.sum(dzl, axis=0))
+        # the output layer's gradients are sums over every pair of the tile with no later layer to average
+        # the rounding: summed in float64 (GRD is float64)
+        tl.store(GRD + off_wl + k, tl.load(GRD + off_wl + k) + tl.sum((dzl[:, None] * a).to(tl.float64), axis=0))
+        tl.store(GRD + off_wl + HP, tl.load(GRD + off_wl + HP) + tl.sum(dzl.to(tl.float64), axis=0))
         da = dzl[:, None] * wl[None, :]
         if NH >= 3:
             da = _hidden_bwd(da, z3, z2, PRM, GRD, 2, NH, HP, ACT, PREC)

@@ -138,7 +138,7 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, ps
                 [torch.zeros_like(p) for p in psi])
     dq, dk, dv = (torch.zeros((R, H, D), dtype=cd, device=q.device) for _ in range(3))
     dd = (dout.to(cd) * out.to(cd)).sum(-1).contiguous()           # D_i = rowsum(dO ∘ O)  [R, H]
-    grd = torch.zeros((n_prog, prm.numel()), dtype=cd, device=q.device)
+    grd = torch.zeros((n_prog, prm.numel()), dtype=torch.float64, device=q.device)
     valid_t, has_valid = C.valid_arg(valid, seg)
     scale_t = torch.tensor([scale], dtype=cd, device=q.device)
     _attn_bwd_kernel[(n_prog,)](

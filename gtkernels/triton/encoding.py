@@ -121,7 +121,7 @@ def encoding_bwd(ds: Tensor, pos: Tensor, phi: List[Tensor], seg: Tensor,
     n_prog = tab.shape[0]
     if R == 0 or n_prog == 0:
         return dpos, [torch.zeros_like(p) for p in phi]
-    grd = torch.zeros((n_prog, prm.numel()), dtype=cd, device=pos.device)
+    grd = torch.zeros((n_prog, prm.numel()), dtype=torch.float64, device=pos.device)
     valid_t, has_valid = C.valid_arg(valid, seg)
     _enc_bwd_kernel[(n_prog,)](ds.contiguous(), pos.to(torch.float64).contiguous(), valid_t, prm, tab, dpos, grd,
                                prm.numel(), HAS_VALID=has_valid, BM=block, BN=block, HP=hp, NH=nh,

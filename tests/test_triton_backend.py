@@ -1,0 +1,248 @@
+"""The Triton kernels (gtkernels.triton) against the reference (gtkernels_py) and the C++ CPU backend.
+
+Without a GPU they run on CPU tensors in the Triton interpreter (conftest.py sets TRITON_INTERPRET=1 before
+triton is imported); with one, on CUDA tensors. Shapes are small: the interpreter executes every block op in
+numpy. float64: forward and every gradient (q, k, v, pos, each ψω/φ parameter) to 1e-10 relative. float32:
+error against the float64 reference at most 2× that of the reference run in float32 (FlashAttention's rule),
+floor 1e-6. Run with ``-s`` to see the measured errors.
+"""
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import gtkernels  # noqa: E402
+import gtkernels_py as R  # noqa: E402
+from gtkernels._backends import resolve_backend  # noqa: E402
+from gtkernels.ops import registry  # noqa: E402
+from gtkernels.ops.layout import padded_segments, padded_to_rows  # noqa: E402
+from helpers import attention_inputs, mlp_params, qm9_molecules, random_molecules, rel_err  # noqa: E402
+
+if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+    pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+ORACLES = ["reference"] + (["cpu"] if gtkernels.extension_available() else [])
+TOL64 = 1e-10
+
+
+def _report(what, err):
+    print(f"[triton] {what}: {err:.3g}")
+    return err
+
+
+def _grads(out, inputs, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype).to(out.device)
+    return torch.autograd.grad((out * w).sum(), inputs, allow_unused=True)
+
+
+def _on(device, tensors):
+    """Leaf copies of ``tensors`` on ``device`` (requires_grad kept for floating tensors)."""
+    out = []
+    for t in tensors:
+        if t is None:
+            out.append(None)
+        elif t.is_floating_point():
+            out.append(t.detach().to(device).requires_grad_(t.requires_grad))
+        else:
+            out.append(t.to(device))
+    return out
+
+
+def _attention(inputs, psi, backend):
+    """Output and gradients (q, k, v, pos, ψ...) of ``backend`` on copies of the CPU inputs, returned on CPU."""
+    device = DEVICE if backend == "triton" else torch.device("cpu")
+    q, k, v, pos, mask, cu = _on(device, inputs)
+    psi = _on(device, psi)
+    out = gtkernels.geometric_attention(q, k, v, pos, psi, mask, cu_seqlens=cu, backend=backend)
+    grads = _grads(out, [q, k, v, pos, *psi])
+    return out.detach().cpu(), [g.cpu() for g in grads]
+
+
+def _encoding(inputs, phi, backend):
+    device = DEVICE if backend == "triton" else torch.device("cpu")
+    pos, mask, cu = _on(device, inputs)
+    phi = _on(device, phi)
+    s = gtkernels.geometric_encoding(pos, phi, mask, cu_seqlens=cu, backend=backend)
+    return s.detach().cpu(), [g.cpu() for g in _grads(s, [pos, *phi])]
+
+
+def _names(n_params):
+    return ["q", "k", "v", "pos"] + [f"psi[{i}]" for i in range(n_params)]
+
+
+def _holes(inputs):
+    """Padded inputs with padding slots scattered inside the molecules (a permutation of the atom axis)."""
+    q, k, v, pos, mask, cu = inputs
+    perm = torch.randperm(mask.shape[1], generator=torch.Generator().manual_seed(7))
+    return [t.detach()[:, perm].requires_grad_() for t in (q, k, v, pos)] + [mask[:, perm], cu]
+
+
+# ----------------------------------------------------------------------------------------------------- attention
+ATTN_CASES = [  # (molecule sizes, heads, d_k, ψω hidden widths, layouts)
+    ([5, 1, 7, 2], 3, 2, [50, 50, 50], ("padded", "packed")),  # paper's ψω (50 → 64 padded), one-atom molecule
+    ([4, 6], 1, 16, [7], ("padded",)),                         # 0 hidden h→h layers, width 7, d_k 16
+    ([6, 3], 256, 2, [50, 50, 50], ("padded",)),               # the paper's 256 heads
+    ([70, 5], 2, 2, [50, 50, 50], ("padded", "packed")),       # 3 key blocks of 32: rescaling, multi-block bwd
+    ([3, 2], 2, 3, [], ("packed",)),                           # ψ a single Linear(1→1)
+]
+ATTN_PARAMS = [pytest.param(s, h, d, w, lay, id=f"{'-'.join(map(str, s))}_h{h}_d{d}_psi{len(w)}_{lay}")
+               for s, h, d, w, lays in ATTN_CASES for lay in lays]
+
+
+@pytest.mark.parametrize("sizes,heads,d,widths,layout", ATTN_PARAMS)
+def test_attention_float64(sizes, heads, d, widths, layout):
+    mols = random_molecules(sizes, seed=len(sizes))
+    inputs = attention_inputs(mols, heads, d, layout=layout)
+    if layout == "padded":
+        inputs = _holes(inputs)
+    psi = mlp_params(widths, seed=1)
+    out, grads = _attention(inputs, psi, "triton")
+    assert out.dtype == torch.float64 and torch.isfinite(out).all()
+    for oracle in ORACLES:
+        ref, ref_g = _attention(inputs, psi, oracle)
+        assert _report(f"attn {sizes} h{heads} d{d} {layout} f64 out vs {oracle}", rel_err(out, ref)) < TOL64
+        for name, a, b in zip(_names(len(psi)), grads, ref_g):
+            assert a.shape == b.shape and a.dtype == b.dtype, name
+            assert _report(f"  d{name} vs {oracle}", rel_err(a, b)) < TOL64, name
+
+
+@pytest.mark.parametrize("mols,heads,d", [
+    pytest.param("qm9", 4, 16, id="qm9_h4_d16"),
+    pytest.param([70, 9], 3, 2, id="70-9_h3_d2"),
+])
+def test_attention_float32_two_x_rule(mols, heads, d):
+    mols = qm9_molecules(4) if mols == "qm9" else random_molecules(mols, seed=3)
+    inputs64 = attention_inputs(mols, heads, d)
+    psi64 = mlp_params([50, 50, 50], seed=2)
+    inputs32 = [t.detach().float().requires_grad_() if t is not None and t.is_floating_point() else t
+                for t in inputs64]
+    psi32 = [p.detach().float().requires_grad_() for p in psi64]
+    exact, exact_g = _attention(inputs64, psi64, "reference")
+    ref32, ref32_g = _attention(inputs32, psi32, "reference")
+    out32, out32_g = _attention(inputs32, psi32, "triton")
+    assert out32.dtype == torch.float32
+    bound = max(2 * rel_err(ref32, exact), 1e-6)
+    assert _report(f"attn f32 out (bound {bound:.3g})", rel_err(out32, exact)) <= bound
+    for name, a, r, e in zip(_names(len(psi32)), out32_g, ref32_g, exact_g):
+        bound = max(2 * rel_err(r, e), 1e-6)
+        assert _report(f"  d{name} f32 (bound {bound:.3g})", rel_err(a, e)) <= bound, name
+
+
+def test_attention_degenerate_rows_are_zero_not_nan():
+    mols = random_molecules([4, 3, 1], seed=4)
+    q, k, v, pos, mask, _ = attention_inputs(mols, 2, 2)
+    mask = mask.clone()
+    mask[1] = False                    # a molecule that is all padding
+    inputs = [q, k, v, pos, mask, None]
+    psi = mlp_params([50, 50, 50])
+    out, grads = _attention(inputs, psi, "triton")
+    assert torch.isfinite(out).all() and (out[~mask] == 0).all() and (out[2] == 0).all()  # lone atom: 0
+    for g in grads:
+        assert torch.isfinite(g).all()
+    for g in grads[:4]:
+        assert (g[~mask] == 0).all()
+    ref, ref_g = _attention(inputs, psi, "reference")
+    assert rel_err(out, ref) < TOL64
+    for a, b in zip(grads, ref_g):
+        assert rel_err(a, b) < TOL64
+
+
+def test_attention_lse_and_rows_layout_match_cpu():
+    """The op-level results (out and the un-gated lse, −inf for rows with no key) equal the C++ kernels'."""
+    if "cpu" not in ORACLES:
+        pytest.skip("gtkernels._C not built")
+    mols = random_molecules([5, 1, 3], seed=5)
+    q, k, v, pos, mask, _ = attention_inputs(mols, 3, 4)
+    seg, valid = padded_segments(q.shape[0], q.shape[1], mask, q.device)
+    rows = [padded_to_rows(t.detach()) for t in (q, k, v)] + [padded_to_rows(pos.detach())]
+    psi = [p.detach() for p in mlp_params([50, 50, 50])]
+    out_c, lse_c = registry.attention_fwd(*rows, psi, seg, valid, 0.5, "cpu")
+    out_t, lse_t = registry.attention_fwd(*_on(DEVICE, rows), _on(DEVICE, psi), seg.to(DEVICE),
+                                          valid.to(DEVICE), 0.5, "triton")
+    out_t, lse_t = out_t.cpu(), lse_t.cpu()
+    assert lse_t.dtype == torch.float64 and lse_t.shape == lse_c.shape
+    assert torch.equal(torch.isinf(lse_t), torch.isinf(lse_c))
+    finite = torch.isfinite(lse_c)
+    assert _report("lse vs cpu", rel_err(lse_t[finite], lse_c[finite])) < TOL64
+    assert rel_err(out_t, out_c) < TOL64
+
+
+def test_attention_gradients_are_deterministic():
+    mols = random_molecules([20, 7], seed=9)
+    inputs = attention_inputs(mols, 2, 4, dtype=torch.float32, layout="packed")
+    psi = mlp_params([50, 50, 50], dtype=torch.float32)
+    _, g1 = _attention(inputs, psi, "triton")
+    _, g2 = _attention(inputs, psi, "triton")
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------------ encoding
+ENC_CASES = [  # (molecule sizes, φ hidden widths, layout)
+    ([5, 1, 7, 2], [50], "padded"),
+    ([5, 1, 7, 2], [50], "packed"),
+    ([70, 3], [7, 9], "padded"),     # 3 blocks of 32; one hidden h→h layer, widths 7 → 9
+    ([4, 2], [], "packed"),          # φ = GELU(Linear(1→1))
+]
+
+
+@pytest.mark.parametrize("sizes,widths,layout", ENC_CASES)
+def test_encoding_float64(sizes, widths, layout):
+    mols = random_molecules(sizes, seed=11)
+    q, k, v, pos, mask, cu = attention_inputs(mols, 1, 1, layout=layout)
+    inputs = [pos, mask, cu]
+    if layout == "padded":
+        _, _, _, pos, mask, _ = _holes([q, k, v, pos, mask, cu])
+        inputs = [pos, mask, None]
+    phi = mlp_params(widths, seed=4)
+    s, grads = _encoding(inputs, phi, "triton")
+    if mask is not None:
+        assert (s[~mask] == 0).all()
+    for oracle in ORACLES:
+        ref, ref_g = _encoding(inputs, phi, oracle)
+        assert _report(f"enc {sizes} {layout} f64 s vs {oracle}", rel_err(s, ref)) < TOL64
+        for name, a, b in zip(["pos"] + [f"phi[{i}]" for i in range(len(phi))], grads, ref_g):
+            assert a.shape == b.shape and a.dtype == b.dtype, name
+            assert _report(f"  d{name} vs {oracle}", rel_err(a, b)) < TOL64, name
+
+
+def test_encoding_float32_two_x_rule():
+    mols = qm9_molecules(4)
+    _, _, _, pos, mask, _ = attention_inputs(mols, 1, 1)
+    phi64 = mlp_params([50], seed=4)
+    phi32 = [p.detach().float().requires_grad_() for p in phi64]
+    pos32 = pos.detach().float().requires_grad_()
+    exact, exact_g = _encoding([pos, mask, None], phi64, "reference")
+    ref32, ref32_g = _encoding([pos32, mask, None], phi32, "reference")
+    out32, out32_g = _encoding([pos32, mask, None], phi32, "triton")
+    assert out32.dtype == torch.float32
+    bound = max(2 * rel_err(ref32, exact), 1e-6)
+    assert _report(f"enc f32 s (bound {bound:.3g})", rel_err(out32, exact)) <= bound
+    for name, a, r, e in zip(["pos"] + [f"phi[{i}]" for i in range(len(phi32))], out32_g, ref32_g, exact_g):
+        bound = max(2 * rel_err(r, e), 1e-6)
+        assert _report(f"  d{name} f32 (bound {bound:.3g})", rel_err(a, e)) <= bound, name
+
+
+# ------------------------------------------------------------------------------------------------------- selection
+def test_backend_selection(monkeypatch):
+    assert "triton" in gtkernels.backends()
+    cpu = torch.device("cpu")
+    if gtkernels.extension_available():
+        assert resolve_backend("auto", cpu, torch.float32) == "cpu"   # auto on CPU never picks the interpreter
+    with pytest.raises(NotImplementedError, match="dropout"):
+        resolve_backend("triton", DEVICE, torch.float32, dropout_p=0.1)
+    with pytest.raises(ValueError, match="width <= 128"):
+        resolve_backend("triton", DEVICE, torch.float32, mlp_ok=False)
+    if torch.cuda.is_available():
+        assert resolve_backend("auto", torch.device("cuda"), torch.float32) == "triton"
+    else:
+        assert resolve_backend("triton", cpu, torch.float64) == "triton"
+        with pytest.raises(TypeError, match="float32 and float64"):
+            resolve_backend("triton", cpu, torch.float16)
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(ValueError, match="backend='cpu' or 'reference'"):
+            resolve_backend("triton", cpu, torch.float32)
