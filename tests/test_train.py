@@ -152,3 +152,17 @@ def test_ddp_gloo_two_processes(tmp_path, cache):
     assert proc.returncode == 0, err[-3000:]
     ck = _weights(run)
     assert ck["state"]["epoch"] == 1 and ck["state"]["step"] > 0
+
+
+def test_padded_bucketed_warmup_variant(tmp_path, capsys):
+    """The other switches run: padded layout, bucketing, warm-up, lr scaling, clipping, extensive-only
+    augmentation on an intensive target (so no merging), --amp on CPU (a note, float32)."""
+    run = str(tmp_path / "v")
+    s = cli(["train", "--target", "gap", "--limit", "200", "--epochs", "1", "--layout", "padded", "--bucket",
+             "--warmup-steps", "3", "--lr-scaling", "sqrt", "--batch-size", "64", "--clip", "1.0",
+             "--augment", "extensive", "--amp", "--run-dir", run, *COMMON])
+    assert s["unit"] == "meV" and s["step"] > 0
+    assert "GPU only" in capsys.readouterr().err
+    import json
+    cfg = json.load(open(os.path.join(run, "config.json")))
+    assert cfg["lr"] == pytest.approx(2e-4 * 2 ** 0.5) and cfg["amp"] is False
