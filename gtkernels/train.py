@@ -257,7 +257,10 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
                                                        patience=config["patience"], min_lr=config["min_lr"])
     state = {"epoch": 0, "batch": 0, "step": 0, "best_val": float("inf"), "train_seconds": 0.0, "molecules": 0}
     last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
-    if args.resume:
+    if args.resume and not os.path.exists(last_path) and rank == 0:
+        print(f"note: {last_path} does not exist yet (killed before the first checkpoint); starting from step 0",
+              file=sys.stderr)
+    if args.resume and os.path.exists(last_path):
         ckpt = load_checkpoint(last_path)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
