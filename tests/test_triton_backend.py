@@ -88,6 +88,7 @@ ATTN_CASES = [  # (molecule sizes, heads, d_k, ψω hidden widths, layouts)
     ([6, 3], 256, 2, [50, 50, 50], ("padded",)),               # the paper's 256 heads
     ([70, 5], 2, 2, [50, 50, 50], ("padded", "packed")),       # 3 key blocks of 32: rescaling, multi-block bwd
     ([3, 2], 2, 3, [], ("packed",)),                           # ψ a single Linear(1→1)
+    ([9, 0, 3], 3, 1, [128, 128, 128, 128], ("packed",)),       # widest ψω, 3 hidden layers, empty molecule
 ]
 ATTN_PARAMS = [pytest.param(s, h, d, w, lay, id=f"{'-'.join(map(str, s))}_h{h}_d{d}_psi{len(w)}_{lay}")
                for s, h, d, w, lays in ATTN_CASES for lay in lays]
@@ -181,12 +182,36 @@ def test_attention_gradients_are_deterministic():
         assert torch.equal(a, b)
 
 
+def test_attention_empty_batch():
+    for shape in [(0, 5, 2, 3), (3, 0, 2, 3)]:
+        q = torch.zeros(shape, dtype=torch.float64, device=DEVICE, requires_grad=True)
+        pos = torch.zeros(shape[:2] + (3,), dtype=torch.float64, device=DEVICE)
+        out = gtkernels.geometric_attention(q, q, q, pos, _on(DEVICE, mlp_params([4])), backend="triton")
+        assert out.shape == shape
+        out.sum().backward()
+
+
+def test_attention_gradcheck_and_opcheck():
+    mols = random_molecules([3, 1, 2], seed=2)
+    q, k, v, pos, mask, _ = _on(DEVICE, attention_inputs(mols, 2, 2))
+    psi = _on(DEVICE, mlp_params([5, 5], seed=3))
+
+    def f(q, k, v, pos, *psi):
+        return gtkernels.geometric_attention(q, k, v, pos, list(psi), mask, backend="triton", validate=False)
+
+    assert torch.autograd.gradcheck(f, (q, k, v, pos, *psi), eps=1e-6, atol=1e-7, fast_mode=True)
+    seg, valid = padded_segments(q.shape[0], q.shape[1], mask, q.device)
+    rows = [padded_to_rows(t.detach()).requires_grad_() for t in (q, k, v, pos)]
+    torch.library.opcheck(registry.attention_fwd, (*rows, psi, seg, valid, 0.5, "triton"))
+
+
 # ------------------------------------------------------------------------------------------------------ encoding
 ENC_CASES = [  # (molecule sizes, φ hidden widths, layout)
     ([5, 1, 7, 2], [50], "padded"),
     ([5, 1, 7, 2], [50], "packed"),
     ([70, 3], [7, 9], "padded"),     # 3 blocks of 32; one hidden h→h layer, widths 7 → 9
     ([4, 2], [], "packed"),          # φ = GELU(Linear(1→1))
+    ([6, 0, 3], [16, 16, 16, 16], "packed"),  # 3 hidden layers, empty molecule
 ]
 
 
@@ -225,6 +250,20 @@ def test_encoding_float32_two_x_rule():
     for name, a, r, e in zip(["pos"] + [f"phi[{i}]" for i in range(len(phi32))], out32_g, ref32_g, exact_g):
         bound = max(2 * rel_err(r, e), 1e-6)
         assert _report(f"  d{name} f32 (bound {bound:.3g})", rel_err(a, e)) <= bound, name
+
+
+def test_encoding_gradcheck_and_opcheck():
+    mols = random_molecules([3, 4, 1], seed=6)
+    _, _, _, pos, mask, _ = _on(DEVICE, attention_inputs(mols, 1, 1))
+    phi = _on(DEVICE, mlp_params([6], seed=5))
+
+    def f(pos, *phi):
+        return gtkernels.geometric_encoding(pos, list(phi), mask, backend="triton", validate=False)
+
+    assert torch.autograd.gradcheck(f, (pos, *phi), eps=1e-6, atol=1e-7, fast_mode=True)
+    seg, valid = padded_segments(pos.shape[0], pos.shape[1], mask, pos.device)
+    torch.library.opcheck(registry.encoding_fwd, (padded_to_rows(pos.detach()).requires_grad_(), phi, seg, valid,
+                                                  "triton"))
 
 
 # ------------------------------------------------------------------------------------------------------- selection
