@@ -14,8 +14,11 @@ Gradient buffers (float64) use the same layout (one row per program, reduced aft
 fixed order: deterministic, no atomics); :func:`unpack_grads` turns a row back into ``nn.Linear`` layout.
 
 Program tables. One program per (molecule, row block): int64 ``[P, 3]`` rows (segment start, segment end,
-first row of the block). Blocks: BM = BN = 16 for molecules of at most 16 atoms, 32 beyond; the ψ tile
-is [BM·BN, HP] (64 Ki values for 32 × 32 × 64), which is the register budget that caps the block size.
+first row of the block). Blocks: BM = BN = 16 for molecules of at most 16 atoms, 32 beyond (a QM9 molecule,
+≤ 29 atoms, is then one tile, and a 5-atom one does not pad to 32 or 128); the ψ tile is [BM·BN, HP] (64 Ki
+values for 32 × 32 × 64, with up to 4 such pre-activation tiles live in the backward), which is the register
+budget that caps the block size below the 64 or 128 of FlashAttention. No autotuning yet (the interpreter
+cannot autotune; on a GPU, tune BLOCK_OVERRIDE and :func:`launch_options`).
 """
 from __future__ import annotations
 
@@ -51,9 +54,20 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float64 else PRECISION
 
 
+#: Force one block size (16, 32 or 64) for every shape, e.g. to tune on a GPU; None = :func:`block_size`.
+BLOCK_OVERRIDE = None
+
+
 def block_size(max_atoms: int) -> int:
     """Query/key block for the largest molecule: 16 up to 16 atoms, 32 beyond (see module docstring)."""
+    if BLOCK_OVERRIDE is not None:
+        return BLOCK_OVERRIDE
     return 16 if max_atoms <= 16 else 32
+
+
+def launch_options(block: int) -> dict:
+    """Warps per program (ignored by the interpreter): the [block², HP] ψ tile needs more threads at 32."""
+    return {"num_warps": 4 if block <= 16 else 8}
 
 
 def hidden_pad(params: Sequence[torch.Tensor]) -> int:
@@ -279,7 +293,8 @@ def _mlp_bwd(x, dzl, z0, z1, z2, z3, PRM, GRD, NH: tl.constexpr, HP: tl.constexp
         wl = tl.load(PRM + off_wl + k)
         # the output layer's gradients are sums over every pair of the tile with no later layer to average
         # the rounding: summed in float64 (GRD is float64)
-        tl.store(GRD + off_wl + k, tl.load(GRD + off_wl + k) + tl.sum((dzl[:, None] * a).to(tl.float64), axis=0))
+        gwl = tl.sum((dzl[:, None] * a).to(tl.float64), axis=0)
+        tl.store(GRD + off_wl + k, tl.load(GRD + off_wl + k) + gwl)
         tl.store(GRD + off_wl + HP, tl.load(GRD + off_wl + HP) + tl.sum(dzl.to(tl.float64), axis=0))
         da = dzl[:, None] * wl[None, :]
         if NH >= 3:

@@ -17,9 +17,9 @@ dq/dk/dv of rows J live in global memory owned by the program (read-modify-write
 between blocks); ψ-parameter gradients go to one row per program of a [P, n_params] buffer, reduced with
 ``torch.sum`` afterwards (deterministic).
 
-Peak extra global memory: D [R, H], the float32 dq/dk/dv accumulators for float16/bfloat16 inputs, and the
-[num_programs, n_params] gradient partials (n_params = 3·HP + 1 + NH·(HP² + HP), 8,513 for ψ 50/2 hidden).
-Nothing N×N.
+Peak extra global memory: D [R, H] and dq/dk/dv accumulators [R, H, D] in the compute dtype (copied to the
+input dtype at the end), and the float64 [num_programs, n_params] gradient partials (n_params =
+3·HP + 1 + NH·(HP² + HP), 8,513 for ψ 50 wide with 2 hidden layers: 68 KB per program). Nothing N×N.
 """
 from __future__ import annotations
 
@@ -145,6 +145,6 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, ps
         dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), pos.to(torch.float64).contiguous(),
         valid_t, prm, tab, scale_t, lse.to(cd).contiguous(), dd, dq, dk, dv, dpos, grd, H, D, prm.numel(),
         HAS_VALID=has_valid, BM=block, BN=block, DP=max(16, triton.next_power_of_2(D)), HP=hp, NH=nh,
-        PREC=C.dot_precision(q.dtype), CD=C.tl_dtype(cd))
+        PREC=C.dot_precision(q.dtype), CD=C.tl_dtype(cd), **C.launch_options(block))
     dpsi = C.unpack_grads(grd.sum(0), psi)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dpos, dpsi

@@ -124,5 +124,5 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor
     _attn_fwd_kernel[(tab.shape[0],)](
         q, k, v, pos, valid_t, prm, tab, scale_t, acc, lse, l_buf, out, lse, H, D,
         HAS_VALID=has_valid, BM=block, BN=block, DP=max(16, triton.next_power_of_2(D)), HP=hp, NH=nh,
-        PREC=C.dot_precision(q.dtype), CD=C.tl_dtype(cd))
+        PREC=C.dot_precision(q.dtype), CD=C.tl_dtype(cd), **C.launch_options(block))
     return out, lse

@@ -12,7 +12,8 @@ symmetric seed (ds_j + ds_i)·GELU'(z_ji) through φ once: its input gradient gi
 gradient of rows J; the weight gradients (each unordered pair then counted twice over all programs) use the
 seed halved. Weight gradients: one row per program of a [P, n_params] buffer, reduced with ``torch.sum``.
 
-Peak extra global memory: the packed φ weights and the [num_programs, n_params] partials. Nothing N×N.
+Peak extra global memory: the packed φ weights and the float64 [num_programs, n_params] partials (the output
+layer's sums are taken in float64 inside the kernel). Nothing N×N.
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def encoding_fwd(pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Te
     valid_t, has_valid = C.valid_arg(valid, seg)
     _enc_fwd_kernel[(tab.shape[0],)](pos.to(torch.float64).contiguous(), valid_t, prm, tab, s,
                                      HAS_VALID=has_valid, BM=block, BN=block, HP=hp, NH=nh,
-                                     PREC=C.dot_precision(cd), CD=C.tl_dtype(cd))
+                                     PREC=C.dot_precision(cd), CD=C.tl_dtype(cd), **C.launch_options(block))
     return s
 
 
@@ -125,5 +126,5 @@ def encoding_bwd(ds: Tensor, pos: Tensor, phi: List[Tensor], seg: Tensor,
     valid_t, has_valid = C.valid_arg(valid, seg)
     _enc_bwd_kernel[(n_prog,)](ds.contiguous(), pos.to(torch.float64).contiguous(), valid_t, prm, tab, dpos, grd,
                                prm.numel(), HAS_VALID=has_valid, BM=block, BN=block, HP=hp, NH=nh,
-                               PREC=C.dot_precision(cd), CD=C.tl_dtype(cd))
+                               PREC=C.dot_precision(cd), CD=C.tl_dtype(cd), **C.launch_options(block))
     return dpos, C.unpack_grads(grd.sum(0), phi)
