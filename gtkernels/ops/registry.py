@@ -1,9 +1,10 @@
 """The ``torch.library`` custom ops of gtkernels, with fake (meta) kernels and autograd formulas.
 
 Every op works on the "segments of rows" layout shared by all compiled backends:
-``q, k, v: [R, H, D]``, ``pos: [R, 3]`` (always float64: distances are computed in float64), ``seg: int64 [B + 1]`` row boundaries of the molecules and
-``valid: bool [R]`` or None (False marks a padding row). The public functions in
-:mod:`gtkernels.ops.attention` / :mod:`gtkernels.ops.encoding` convert the padded and packed layouts to it.
+``q, k, v: [R, H, D]``, ``pos: [R, 3]`` (always float64: distances are computed in float64),
+``seg: int64 [B + 1]`` row boundaries of the molecules and ``valid: bool [R]`` or None (False marks a padding
+row). The public functions in :mod:`gtkernels.ops.attention` / :mod:`gtkernels.ops.encoding` convert the padded
+and packed layouts to it.
 
 The ``backend`` string argument selects the implementation (``"cpu"``: ``torch.ops.gtkernels_C``,
 ``"triton"``: :mod:`gtkernels.triton`, same signatures).

@@ -182,7 +182,7 @@ def _pair_geometry(xi, yi, zi, xj, yj, zj, rows, cols, rok, cok):
 
 @triton.jit
 def _rinv_grad_coeff(allowed, r, rinv, drinv):
-    """d rinv / d p_i = −rinv² / r · (p_i − p_j); returns the float64 factor drinv · (−rinv²/r) (0 at r = 0)."""
+    """d rinv / d p_i = −rinv²/r · (p_i − p_j); returns the float64 factor drinv · (−rinv²/r), 0 at r = 0."""
     c = tl.where(allowed & (r > 0.0), -rinv * rinv / r, 0.0)
     return c * drinv.to(tl.float64)
 
