@@ -72,6 +72,17 @@ def mlp_fits_kernels(params) -> bool:
     return len(params) // 2 <= MAX_MLP_LAYERS and max(p.shape[0] for p in params[::2]) <= MAX_MLP_WIDTH
 
 
+def check_backend_at_construction(backend: str) -> None:
+    """What a module can check before it knows its inputs' device: the name, and that a CPU backend was built.
+
+    Device-bound backends (triton, cuda) are checked per call: a module is usually built on the CPU and moved.
+    """
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "cpu":
+        resolve_backend(backend, torch.device("cpu"), torch.float32)
+
+
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, dropout_p: float = 0.0,
                     mlp_ok: bool = True) -> str:
     """Turn ``backend`` (possibly ``"auto"``) into a concrete backend able to run this request, or raise.

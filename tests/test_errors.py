@@ -137,3 +137,12 @@ def test_degenerate_inputs_give_zeros(padded):
     assert torch.isfinite(out).all() and (out == 0).all()
     out = attn(q, k, v, pos, torch.zeros_like(mask), psi)  # all padding
     assert (out == 0).all()
+
+
+def test_gpu_backends_are_checked_per_call_not_at_construction():
+    """A module is built on the CPU and moved to the GPU: backend='triton' must not fail at construction."""
+    attn = gtkernels.FusedGeometricAttention(8, 2, backend="triton")
+    assert attn.backend == "triton"
+    with pytest.raises(NotImplementedError, match="not built"):
+        gtkernels.FusedGeometricAttention(8, 2, backend="cuda")(torch.randn(1, 3, 8),
+                                                               torch.tensor([[[0., 0, 0], [1, 0, 0], [0, 1.5, 0]]]))

@@ -6,7 +6,7 @@ from typing import Optional
 from torch import Tensor
 
 import gtkernels_py
-from .._backends import resolve_backend
+from .._backends import check_backend_at_construction
 from ..ops import geometric_attention
 from ._checks import check_features
 
@@ -36,7 +36,7 @@ class FusedGeometricAttention(gtkernels_py.GeometricAttention):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         super().__init__(d_model, num_heads, psi_hidden, psi_layers, dropout, bias)
-        resolve_backend(backend, self.linears[0].weight.device, self.linears[0].weight.dtype)  # fail early
+        check_backend_at_construction(backend)  # fail early on a bad name or a missing build
         self.backend, self.validate = backend, validate
 
     def forward(self, x: Tensor, pos: Tensor, mask: Optional[Tensor] = None, *,

@@ -6,7 +6,7 @@ from typing import Optional
 from torch import Tensor
 
 import gtkernels_py
-from .._backends import resolve_backend
+from .._backends import check_backend_at_construction
 from ..ops import geometric_encoding
 
 
@@ -19,7 +19,7 @@ class GeometricEncoding(gtkernels_py.GeometricEncoding):
 
     def __init__(self, d_model: int, hidden: int = 50, backend: str = "auto", validate: bool = True):
         super().__init__(d_model, hidden)
-        resolve_backend(backend, self.embed.weight.device, self.embed.weight.dtype)
+        check_backend_at_construction(backend)  # fail early on a bad name or a missing build
         self.backend, self.validate = backend, validate
 
     def _encode(self, pos, mask, cu_seqlens):
