@@ -156,6 +156,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bucket", action="store_true", help="size-bucketed batches (less padding)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N QM9 molecules (tests, demos)")
     p.add_argument("--max-val", type=int, default=None, help="validate on at most this many molecules")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="also validate and checkpoint every N steps inside an epoch (0: at epoch ends only)")
     p.add_argument("--cache", default=None, help="dataset cache folder (default $GTKERNELS_CACHE or ~/.cache/gtkernels)")
     p.add_argument("--run-dir", default=None, help="output folder (default runs/<target>-<preset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from last.pt")
@@ -218,7 +220,7 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
             "min_lr": args.min_lr, "clip": args.clip, "seed": args.seed,
             "split_seed": args.seed if args.split_seed is None else args.split_seed,
             "augment": args.augment, "backend": args.backend, "layout": args.layout, "bucket": args.bucket,
-            "limit": args.limit, "max_val": args.max_val, "amp": amp, "world_size": world,
+            "limit": args.limit, "max_val": args.max_val, "eval_every": args.eval_every, "amp": amp, "world_size": world,
         }
         run_dir = args.run_dir or os.path.join(
             "runs", f"{args.target}-{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -333,6 +335,9 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
                 out_of_time = bool(flag.item())
             if out_of_time:
                 break
+            if (config.get("eval_every") and state["step"] % config["eval_every"] == 0
+                    and state["batch"] < len(batches)):
+                break   # validate + checkpoint mid-epoch; the same epoch then continues where it stopped
         bar.close()
         epoch_done = state["batch"] >= len(batches)
         # ---- validation (every process computes it, so schedulers stay in lock-step), checkpoint, metrics
