@@ -41,23 +41,25 @@ def evaluate(run_dir: str, which: str = "best", cache: Optional[str] = None, dev
     result = {"target": config["target"], "unit": config["unit"], "split": split_name, "n": int(len(idx)),
               "mae": mae, "checkpoint": which}
     if plots:
-        result.update(_plots(run_dir, config, true, pred, mae))
+        has_ref = bool(np.any(batcher.ref_sum[idx] != 0))
+        # energies: plot target − Σ atomref (atomisation-like values); the raw totals are dominated by the offset
+        shown = (batcher.res[idx], pred_res) if has_ref else (true, pred)
+        result.update(_plots(run_dir, config, *shown, mae, " − Σ atomref" if has_ref else ""))
     with open(os.path.join(run_dir, f"{split_name}_metrics.json"), "w") as fh:
         json.dump(result, fh, indent=1)
     return result
 
 
-def _plots(run_dir, config, true, pred, mae) -> Dict[str, str]:
+def _plots(run_dir, config, true, pred, mae, suffix: str = "") -> Dict[str, str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     unit, name = config["unit"], config["target"]
-    # parity: atomisation-like residual values are more readable for energies (Σ atomref is a huge offset)
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(true, pred, s=2, alpha=0.4)
     lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax.set_xlabel(f"true {name} ({unit})"), ax.set_ylabel(f"predicted {name} ({unit})")
+    ax.set_xlabel(f"true {name}{suffix} ({unit})"), ax.set_ylabel(f"predicted {name}{suffix} ({unit})")
     ax.set_title(f"{name}: test MAE {mae:.4g} {unit} (n={len(true)})")
     fig.tight_layout()
     parity = os.path.join(run_dir, "parity.png")
