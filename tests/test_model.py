@@ -151,3 +151,15 @@ def test_ase_calculator():
     assert -(ep - em) / (2 * h) == pytest.approx(f[1, 0], rel=1e-5, abs=1e-8)
     with pytest.raises(ValueError, match="not an energy"):
         GTCalculator(m, target="gap")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_bf16(backend):
+    """bf16 autocast (the trainer's --amp, on GPU): the fused op runs in float32, the read-out too."""
+    m, r = _pair(backend, torch.float32)
+    z, pos, mask = pad(qm9_molecules(4), torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(z, pos, mask, include_atomref=False)
+    assert out.dtype == torch.float32
+    ref = r(z, pos, mask) - (r.atomref[z] * mask).sum(-1)
+    assert rel_err(out, ref) < 0.05

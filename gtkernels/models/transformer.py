@@ -22,9 +22,23 @@ PRESETS = {
 }
 
 
+class _AutocastSafeAttention(FusedGeometricAttention):
+    """Under autocast the Q/K/V projections come out in bf16/fp16 while ψω's weights and the positions stay
+    float32; the fused op wants one dtype, so it runs in the weights' dtype (autocast off) and its output is cast
+    back. The projections and the feed-forward keep running in low precision."""
+
+    def _attend(self, q, k, v, pos, mask, cu_seqlens):
+        dt = self.transform_dist.seq[0].weight.dtype
+        if q.dtype != dt:
+            with torch.autocast(q.device.type, enabled=False):
+                out = super()._attend(q.to(dt), k.to(dt), v.to(dt), pos.to(dt), mask, cu_seqlens)
+            return out.to(q.dtype)
+        return super()._attend(q, k, v, pos, mask, cu_seqlens)
+
+
 class FusedEncoderBlock(EncoderBlock):
     """Pre-LN encoder block whose attention is :class:`gtkernels.FusedGeometricAttention`."""
-    attention_cls = FusedGeometricAttention
+    attention_cls = _AutocastSafeAttention
 
 
 def _float64_positions_supported() -> bool:
@@ -78,15 +92,21 @@ class GeometricTransformer(gtkernels_py.GeometricTransformer):
             mask = z > 0
         if self.validate and not torch.compiler.is_compiling():
             check_values(pos, mask if cu_seqlens is None else None, cu_seqlens)
-        out = super().forward(z, pos, mask, cu_seqlens=cu_seqlens)
-        if include_atomref:
-            return out
-        ref = self.atomref[z]
-        if cu_seqlens is None:
-            return out - (ref * mask).sum(-1)
-        seg = torch.repeat_interleave(torch.arange(cu_seqlens.numel() - 1, device=z.device),
-                                      (cu_seqlens[1:] - cu_seqlens[:-1]).long(), output_size=z.shape[0])
-        return out - torch.zeros_like(out).index_add_(0, seg, ref)
+        # DESIGN.md §2, as gtkernels_py.GeometricTransformer.forward, with the read-out kept in the weights'
+        # dtype under autocast (a bf16 read-out would round U0 residuals of ~1e5 meV to ~500 meV).
+        x = self.embedding(z) + self.encoding(pos, mask, cu_seqlens=cu_seqlens)
+        for block in self.layers:
+            x = block(x, pos, mask, cu_seqlens=cu_seqlens)
+        with torch.autocast(x.device.type, enabled=False):
+            y = self.head(self.norm(x.to(self.head.weight.dtype))).squeeze(-1) * self.std + self.mean
+            if include_atomref:
+                y = y + self.atomref[z]
+            if cu_seqlens is None:
+                return (y * mask).sum(-1)
+            counts = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+            seg = torch.repeat_interleave(torch.arange(counts.numel(), device=z.device), counts,
+                                          output_size=z.shape[0])
+            return torch.zeros(counts.numel(), dtype=y.dtype, device=y.device).index_add_(0, seg, y)
 
     def forward_batch(self, z: Tensor, pos: Tensor, batch: Tensor, **kwargs) -> Tensor:
         """PyG-style input: ``z [T]``, ``pos [T, 3]``, sorted ``batch [T]`` (molecule id of each atom)."""
