@@ -353,6 +353,8 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
                "train_mae": err_sum / max(err_n, 1), "val_mae": val_mae,
                "molecules_per_s": mol_epoch / max(t_epoch, 1e-9)}
         if rank == 0:
+            # metrics first: a kill before last.pt is replaced leaves a row that --resume trims and redoes
+            _append_metrics(metrics_path, fields, row)
             if val_mae < state["best_val"]:
                 state["best_val"] = val_mae
                 save_atomic({"model": model.state_dict(), "val_mae": val_mae, "epoch": row["epoch"],
@@ -362,7 +364,6 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
             if torch.cuda.is_available():
                 ckpt["cuda_rng"] = torch.cuda.get_rng_state_all()
             save_atomic(ckpt, last_path)
-            _append_metrics(metrics_path, fields, row)
             print(f"epoch {row['epoch']:.2f}  step {state['step']}  val MAE {val_mae:.5g} {config['unit']}  "
                   f"train MAE {row['train_mae']:.5g}  lr {row['lr']:.3g}  {row['molecules_per_s']:.0f} mol/s",
                   flush=True)

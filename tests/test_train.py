@@ -166,3 +166,25 @@ def test_padded_bucketed_warmup_variant(tmp_path, capsys):
     import json
     cfg = json.load(open(os.path.join(run, "config.json")))
     assert cfg["lr"] == pytest.approx(2e-4 * 2 ** 0.5) and cfg["amp"] is False
+
+
+def test_sigkill_at_a_random_moment_then_resume(tmp_path, cache):
+    """A real `kill -9` while training (and checkpointing every few steps): the run resumes and finishes."""
+    import signal
+    import time as _time
+    run = str(tmp_path / "k")
+    env = dict(os.environ, GTKERNELS_CACHE=cache)
+    cmd = [sys.executable, "-m", "gtkernels", "train", "--limit", "2000", "--epochs", "2", "--eval-every", "3",
+           "--max-val", "20", "--run-dir", run, *COMMON]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = _time.time() + 60
+    while not os.path.exists(os.path.join(run, "last.pt")) and _time.time() < deadline:
+        _time.sleep(0.05)
+    _time.sleep(0.7)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    cli(["train", "--epochs", "2", "--resume", "--run-dir", run, *COMMON])
+    assert _weights(run)["state"]["epoch"] == 2
+    steps = [int(r["step"]) for r in _metrics(run)]
+    assert steps == sorted(set(steps))   # no duplicated or out-of-order rows after the crash
