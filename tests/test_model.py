@@ -38,7 +38,7 @@ def test_matches_reference_model(backend):
 def test_float32_and_position_cast(backend):
     m, r = _pair(backend, torch.float32)
     z, pos, mask = pad(qm9_molecules(4), torch.float64)
-    out = m(z, pos, mask)  # float64 positions, float32 weights: cast once at model level
+    out = m(z, pos, mask)  # float64 positions pass through to the ops (distances in float64)
     assert out.dtype == torch.float32
     assert rel_err(out, r(z, pos.float(), mask)) < 1e-5
 

@@ -31,7 +31,7 @@ class _AutocastSafeAttention(FusedGeometricAttention):
         dt = self.transform_dist.seq[0].weight.dtype
         if q.dtype != dt:
             with torch.autocast(q.device.type, enabled=False):
-                out = super()._attend(q.to(dt), k.to(dt), v.to(dt), pos.to(dt), mask, cu_seqlens)
+                out = super()._attend(q.to(dt), k.to(dt), v.to(dt), pos, mask, cu_seqlens)
             return out.to(q.dtype)
         return super()._attend(q, k, v, pos, mask, cu_seqlens)
 
@@ -39,12 +39,6 @@ class _AutocastSafeAttention(FusedGeometricAttention):
 class FusedEncoderBlock(EncoderBlock):
     """Pre-LN encoder block whose attention is :class:`gtkernels.FusedGeometricAttention`."""
     attention_cls = _AutocastSafeAttention
-
-
-def _float64_positions_supported() -> bool:
-    """True once the ops accept float64 positions with lower-precision features (distances in float64)."""
-    from .. import ops
-    return bool(getattr(ops, "SUPPORTS_FLOAT64_POSITIONS", False))
 
 
 class GeometricTransformer(gtkernels_py.GeometricTransformer):
@@ -79,11 +73,12 @@ class GeometricTransformer(gtkernels_py.GeometricTransformer):
         self.config.pop("std", None)
         self.backend, self.validate, self.target = backend, validate, target
 
-    def _positions(self, pos: Tensor) -> Tensor:
-        dtype = self.embedding.weight.dtype
-        if pos.dtype == dtype or (pos.dtype == torch.float64 and _float64_positions_supported()):
-            return pos
-        return pos.to(dtype)
+    @staticmethod
+    def _positions(pos: Tensor) -> Tensor:
+        """float32 and float64 positions pass as they are, whatever the weights' dtype: the ops compute
+        distances in float64 (compiled backends) or in pos's dtype (reference), so float64 keeps merged
+        fragments 1e4 Å apart exact. Other dtypes are promoted to float32."""
+        return pos if pos.dtype in (torch.float32, torch.float64) else pos.float()
 
     def forward(self, z: Tensor, pos: Tensor, mask: Optional[Tensor] = None, *,
                 cu_seqlens: Optional[Tensor] = None, include_atomref: bool = True) -> Tensor:
