@@ -118,12 +118,17 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, drop
     if dtype not in CPU_DTYPES:
         raise TypeError(f"backend='cpu' supports float32 and float64, got {dtype}; "
                         "cast the inputs or use backend='reference'")
+    return _check_fused_limits("cpu", dropout_p, mlp_ok)
+
+
+def _check_fused_limits(backend: str, dropout_p: float, mlp_ok: bool) -> str:
+    """What no fused kernel implements: MLPs beyond the width/depth limits, and dropout on A."""
     if not mlp_ok:
-        raise ValueError(f"backend='cpu' supports MLPs of at most {MAX_MLP_LAYERS} Linear layers of width <= "
+        raise ValueError(f"backend={backend!r} supports MLPs of at most {MAX_MLP_LAYERS} Linear layers of width <= "
                          f"{MAX_MLP_WIDTH}; use backend='reference' for wider or deeper ones")
     if dropout_p != 0.0:
         raise NotImplementedError(
-            f"backend='cpu' does not implement attention dropout (dropout_p={dropout_p}); the paper uses 0. "
+            f"backend={backend!r} does not implement attention dropout (dropout_p={dropout_p}); the paper uses 0. "
             "Use backend='reference' (or 'auto', which picks it) to train with dropout")
     return backend
 
@@ -147,11 +152,4 @@ def _check_triton(device: torch.device, dtype: torch.dtype, dropout_p: float, ml
     elif dtype not in TRITON_DTYPES:
         raise TypeError(f"backend='triton' supports float32, float64, float16 and bfloat16, got {dtype}; "
                         "cast the inputs or use backend='reference'")
-    if not mlp_ok:
-        raise ValueError(f"backend='triton' supports MLPs of at most {MAX_MLP_LAYERS} Linear layers of width <= "
-                         f"{MAX_MLP_WIDTH}; use backend='reference' for wider or deeper ones")
-    if dropout_p != 0.0:
-        raise NotImplementedError(
-            f"backend='triton' does not implement attention dropout (dropout_p={dropout_p}); the paper uses 0. "
-            "Use backend='reference' (or 'auto', which picks it) to train with dropout")
-    return "triton"
+    return _check_fused_limits("triton", dropout_p, mlp_ok)

@@ -170,9 +170,14 @@ class GeometricTransformer(nn.Module):
         for block in self.layers:
             x = block(x, pos, mask, cu_seqlens=cu_seqlens)
         y = self.head(self.norm(x)).squeeze(-1) * self.std + self.mean + self.atomref[z]
+        return self.molecule_sum(y, mask, cu_seqlens)
+
+    @staticmethod
+    def molecule_sum(y: Tensor, mask: Optional[Tensor], cu_seqlens: Optional[Tensor]) -> Tensor:
+        """Per-atom values ``y`` (``[B, N]`` padded or ``[T]`` packed) → per-molecule sums ``[B]`` over real atoms."""
         if cu_seqlens is None:
             return (y * mask).sum(-1)
         counts = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-        molecule = torch.repeat_interleave(torch.arange(counts.numel(), device=z.device), counts,
-                                           output_size=z.shape[0])
+        molecule = torch.repeat_interleave(torch.arange(counts.numel(), device=y.device), counts,
+                                           output_size=y.shape[0])
         return torch.zeros(counts.numel(), dtype=y.dtype, device=y.device).index_add_(0, molecule, y)

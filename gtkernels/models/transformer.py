@@ -96,12 +96,7 @@ class GeometricTransformer(gtkernels_py.GeometricTransformer):
             y = self.head(self.norm(x.to(self.head.weight.dtype))).squeeze(-1) * self.std + self.mean
             if include_atomref:
                 y = y + self.atomref[z]
-            if cu_seqlens is None:
-                return (y * mask).sum(-1)
-            counts = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-            seg = torch.repeat_interleave(torch.arange(counts.numel(), device=z.device), counts,
-                                          output_size=z.shape[0])
-            return torch.zeros(counts.numel(), dtype=y.dtype, device=y.device).index_add_(0, seg, y)
+            return self.molecule_sum(y, mask, cu_seqlens)
 
     def forward_batch(self, z: Tensor, pos: Tensor, batch: Tensor, **kwargs) -> Tensor:
         """PyG-style input: ``z [T]``, ``pos [T, 3]``, sorted ``batch [T]`` (molecule id of each atom)."""
