@@ -15,7 +15,7 @@ DEMO_ARGS   ?= --target U0 --batch-size 32 --lr 5e-4 --eval-every 400 --max-val 
 DEMO_RUN    ?= build/demo-run
 SOURCES    := setup.py $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: demo kernel-demo test build bench clean
+.PHONY: demo kernel-demo test build bench cuda-check clean
 
 # A real short training on QM9 (small preset on CPU, the paper's configuration on a GPU), then the test MAE,
 # parity plot and learning curve. The kernel-level comparison demo is `make kernel-demo`.
@@ -30,6 +30,11 @@ kernel-demo: build
 test: build
 	$(PY) -m pytest tests -q
 	$(PY) -m pytest benchmarks -q --benchmark-disable -k smoke
+
+# nvcc -c of csrc/cuda/*.cu for sm_80 and sm_90 with register/spill report, and a syntax check of the torch
+# glue; needs no GPU (skipped when nvcc is missing).
+cuda-check: $(VENV)/.deps
+	bash .ci/cuda_check.sh $(PY)
 
 bench: build
 	$(PY) -m pytest benchmarks --benchmark-json=benchmarks/results/latest.json

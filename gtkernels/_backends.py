@@ -2,9 +2,11 @@
 
 Backends: ``reference`` (gtkernels_py, always), ``cpu`` (fused C++/OpenMP kernels in ``gtkernels._C``),
 ``triton`` (Triton kernels in :mod:`gtkernels.triton`: CUDA tensors, or CPU tensors under the Triton
-interpreter, ``TRITON_INTERPRET=1`` set before triton is imported) and ``cuda`` (not built yet). ``auto`` picks
-the fastest one that can run the request: ``cpu`` for CPU tensors, ``triton`` for CUDA tensors (``reference``
-where neither can run it). A backend that cannot run a request raises an error naming one that would; it never
+interpreter, ``TRITON_INTERPRET=1`` set before triton is imported) and ``cuda`` (C++/CUDA kernels in
+``gtkernels._C`` when it was built with CUDA: CUDA tensors, or CPU tensors through the host emulation of the
+same kernel code when ``GTKERNELS_CUDA_EMULATE=1``). ``auto`` picks the fastest one that can run the request:
+``cpu`` for CPU tensors; for CUDA tensors ``triton``, else ``cuda`` (neither has been timed on a GPU yet, so
+the order is provisional); ``reference`` where none can run it. A backend that cannot run a request raises an error naming one that would; it never
 silently substitutes. triton is imported lazily (it is slow to import and optional).
 """
 from __future__ import annotations
@@ -26,11 +28,23 @@ CPU_DTYPES = (torch.float32, torch.float64)
 #: dtypes of the triton backend on CUDA (float16/bfloat16 accumulate in float32); the interpreter (CPU) runs
 #: float32 and float64 only.
 TRITON_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+#: dtypes of the cuda backend (float16/bfloat16 computed in float32), also under the host emulation.
+CUDA_DTYPES = TRITON_DTYPES
 
 
 def extension_available() -> bool:
     """True when the compiled extension ``gtkernels._C`` imported."""
     return _EXTENSION_ERROR is None
+
+
+def cuda_kernels_built() -> bool:
+    """True when ``gtkernels._C`` holds the CUDA kernels (built where torch had CUDA, or with FORCE_CUDA=1)."""
+    return extension_available() and bool(_C.with_cuda())
+
+
+def cuda_emulating() -> bool:
+    """True when ``backend="cuda"`` runs the CUDA kernels' code on CPU tensors (``GTKERNELS_CUDA_EMULATE=1``)."""
+    return os.environ.get("GTKERNELS_CUDA_EMULATE", "0") == "1" and extension_available()
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,6 +74,8 @@ def backends() -> List[str]:
         names.append("cpu")
     if (torch.cuda.is_available() or triton_interpreting()) and triton_available():
         names.append("triton")
+    if (cuda_kernels_built() and torch.cuda.is_available()) or cuda_emulating():
+        names.append("cuda")
     return names
 
 
@@ -98,14 +114,16 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, drop
         if (device.type == "cuda" and dtype in TRITON_DTYPES and dropout_p == 0.0 and mlp_ok
                 and triton_available()):
             return "triton"
+        if (device.type == "cuda" and dtype in CUDA_DTYPES and dropout_p == 0.0 and mlp_ok
+                and cuda_kernels_built()):
+            return "cuda"
         return "reference"
     if backend == "reference":
         return backend
     if backend == "triton":
         return _check_triton(device, dtype, dropout_p, mlp_ok)
     if backend == "cuda":
-        raise NotImplementedError(
-            f"backend={backend!r} is not built in this version of gtkernels; available: {backends()}")
+        return _check_cuda(device, dtype, dropout_p, mlp_ok)
     # backend == "cpu"
     if not extension_available():
         raise RuntimeError(
@@ -153,3 +171,26 @@ def _check_triton(device: torch.device, dtype: torch.dtype, dropout_p: float, ml
         raise TypeError(f"backend='triton' supports float32, float64, float16 and bfloat16, got {dtype}; "
                         "cast the inputs or use backend='reference'")
     return _check_fused_limits("triton", dropout_p, mlp_ok)
+
+
+def _check_cuda(device: torch.device, dtype: torch.dtype, dropout_p: float, mlp_ok: bool) -> str:
+    if device.type == "cpu" and cuda_emulating():
+        if dtype not in CUDA_DTYPES:
+            raise TypeError(f"backend='cuda' supports float32, float64, float16 and bfloat16, got {dtype}")
+        return _check_fused_limits("cuda", dropout_p, mlp_ok)
+    if device.type != "cuda":
+        raise ValueError(f"backend='cuda' runs on CUDA tensors, got tensors on {device} (CPU tensors only under "
+                         "the host emulation, GTKERNELS_CUDA_EMULATE=1); use backend='cpu' or 'reference' "
+                         "(or 'auto')")
+    if not extension_available():
+        raise RuntimeError(f"backend='cuda' needs the compiled extension gtkernels._C, which failed to import "
+                           f"({_EXTENSION_ERROR}); use backend='triton' or 'reference'")
+    if not cuda_kernels_built():
+        raise RuntimeError("backend='cuda': this build of gtkernels._C has no CUDA kernels (it was built with a "
+                           "CPU-only torch or GTKERNELS_CPU_ONLY=1). Rebuild with a CUDA torch "
+                           "(`FORCE_CUDA=1 pip install --no-build-isolation -e .`), or use backend='triton' or "
+                           "'reference'")
+    if dtype not in CUDA_DTYPES:
+        raise TypeError(f"backend='cuda' supports float32, float64, float16 and bfloat16, got {dtype}; "
+                        "cast the inputs or use backend='reference'")
+    return _check_fused_limits("cuda", dropout_p, mlp_ok)

@@ -113,13 +113,14 @@ def test_encoding_errors():
 
 
 @requires_cpu
-def test_backend_that_cannot_run_says_what_would(padded):
+def test_backend_that_cannot_run_says_what_would(padded, monkeypatch):
+    monkeypatch.delenv("GTKERNELS_CUDA_EMULATE", raising=False)
     q, k, v, pos, mask, psi = padded
     with pytest.raises(TypeError, match="backend='cpu' supports float32 and float64"):
         attn(q.half(), k.half(), v.half(), pos, mask, [p.half() for p in psi], backend="cpu")
     with pytest.raises(NotImplementedError, match="dropout"):
         attn(*padded, dropout_p=0.1, backend="cpu")
-    with pytest.raises(NotImplementedError, match="not built"):
+    with pytest.raises(ValueError, match="backend='cuda' runs on CUDA tensors"):
         attn(*padded, backend="cuda")
     wide = mlp_params([200])
     with pytest.raises(ValueError, match="width <= 128"):
@@ -139,10 +140,12 @@ def test_degenerate_inputs_give_zeros(padded):
     assert (out == 0).all()
 
 
-def test_gpu_backends_are_checked_per_call_not_at_construction():
+def test_gpu_backends_are_checked_per_call_not_at_construction(monkeypatch):
     """A module is built on the CPU and moved to the GPU: backend='triton' must not fail at construction."""
+    monkeypatch.delenv("GTKERNELS_CUDA_EMULATE", raising=False)
     attn = gtkernels.FusedGeometricAttention(8, 2, backend="triton")
     assert attn.backend == "triton"
-    with pytest.raises(NotImplementedError, match="not built"):
+    assert gtkernels.FusedGeometricAttention(8, 2, backend="cuda").backend == "cuda"
+    with pytest.raises(ValueError, match="runs on CUDA tensors"):
         gtkernels.FusedGeometricAttention(8, 2, backend="cuda")(torch.randn(1, 3, 8),
                                                                torch.tensor([[[0., 0, 0], [1, 0, 0], [0, 1.5, 0]]]))

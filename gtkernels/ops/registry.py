@@ -6,8 +6,9 @@ Every op works on the "segments of rows" layout shared by all compiled backends:
 row). The public functions in :mod:`gtkernels.ops.attention` / :mod:`gtkernels.ops.encoding` convert the padded
 and packed layouts to it.
 
-The ``backend`` string argument selects the implementation (``"cpu"``: ``torch.ops.gtkernels_C``,
-``"triton"``: :mod:`gtkernels.triton`, same signatures).
+The ``backend`` string argument selects the implementation (``"cpu"`` and ``"cuda"``: ``torch.ops.gtkernels_C``,
+dispatched on the tensors' device; ``"cuda"`` on CPU tensors: the host emulation of the CUDA kernels,
+``torch.ops.gtkernels_C.cuda_emulated_*``; ``"triton"``: :mod:`gtkernels.triton`; same signatures).
 These ops are opaque to ``torch.compile`` (no graph breaks) thanks to the fake kernels.
 """
 from __future__ import annotations
@@ -18,7 +19,16 @@ import torch
 from torch import Tensor
 
 
-def _kernels(backend: str):
+class _EmulatedCuda:
+    """The CUDA kernels' program bodies run on the host (csrc/cpu/cuda_emulation.cpp), for CPU tensors."""
+
+    def __getattr__(self, name):
+        return getattr(torch.ops.gtkernels_C, "cuda_emulated_" + name)
+
+
+def _kernels(backend: str, device: torch.device):
+    if backend == "cuda" and device.type == "cpu":
+        return _EmulatedCuda()
     if backend in ("cpu", "cuda"):
         return torch.ops.gtkernels_C
     if backend == "triton":
@@ -32,7 +42,7 @@ def _kernels(backend: str):
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor], seg: Tensor,
                   valid: Optional[Tensor], scale: float, backend: str) -> Tuple[Tensor, Tensor]:
     """Fused geometric attention forward. Returns ``out [R, H, D]`` and the un-gated ``lse [R, H]``."""
-    return tuple(_kernels(backend).attention_fwd(q, k, v, pos, psi, seg, valid, scale))
+    return tuple(_kernels(backend, q.device).attention_fwd(q, k, v, pos, psi, seg, valid, scale))
 
 
 @attention_fwd.register_fake
@@ -47,7 +57,8 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, ps
                   valid: Optional[Tensor], scale: float, out: Tensor, lse: Tensor,
                   backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, List[Tensor]]:
     """Fused backward by recomputation: returns ``dq, dk, dv, dpos`` and the ψω parameter gradients."""
-    dq, dk, dv, dpos, dpsi = _kernels(backend).attention_bwd(dout, q, k, v, pos, psi, seg, valid, scale, out, lse)
+    kernels = _kernels(backend, q.device)
+    dq, dk, dv, dpos, dpsi = kernels.attention_bwd(dout, q, k, v, pos, psi, seg, valid, scale, out, lse)
     return dq, dk, dv, dpos, list(dpsi)
 
 
@@ -78,7 +89,7 @@ attention_fwd.register_autograd(_attention_backward, setup_context=_attention_se
 @torch.library.custom_op("gtkernels::encoding_fwd", mutates_args=())
 def encoding_fwd(pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Tensor], backend: str) -> Tensor:
     """Fused geometric encoding forward: ``s [R]`` = Σ_j φ(rinv_ij) over the real atoms of each molecule."""
-    return _kernels(backend).encoding_fwd(pos, phi, seg, valid)
+    return _kernels(backend, pos.device).encoding_fwd(pos, phi, seg, valid)
 
 
 @encoding_fwd.register_fake
@@ -90,7 +101,7 @@ def _(pos, phi, seg, valid, backend):
 def encoding_bwd(ds: Tensor, pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Tensor],
                  backend: str) -> Tuple[Tensor, List[Tensor]]:
     """Backward of :func:`encoding_fwd`: returns ``dpos [R, 3]`` and the φ parameter gradients."""
-    dpos, dphi = _kernels(backend).encoding_bwd(ds, pos, phi, seg, valid)
+    dpos, dphi = _kernels(backend, pos.device).encoding_bwd(ds, pos, phi, seg, valid)
     return dpos, list(dphi)
 
 

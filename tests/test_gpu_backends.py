@@ -1,7 +1,9 @@
-"""The Triton kernels (gtkernels.triton) against the reference (gtkernels_py) and the C++ CPU backend.
+"""The GPU backends — Triton kernels (gtkernels.triton) and C++/CUDA kernels (csrc/cuda) — against the
+reference (gtkernels_py) and the C++ CPU backend. Every test runs once per backend.
 
-Without a GPU they run on CPU tensors in the Triton interpreter (conftest.py sets TRITON_INTERPRET=1 before
-triton is imported); with one, on CUDA tensors. Shapes are small: the interpreter executes every block op in
+Without a GPU they run on CPU tensors: Triton in its interpreter (conftest.py sets TRITON_INTERPRET=1 before
+triton is imported), the CUDA kernels' program bodies in their host emulation (GTKERNELS_CUDA_EMULATE=1, set
+by the `backend` fixture; csrc/cpu/cuda_emulation.cpp); with a GPU, on CUDA tensors. Shapes are small: the interpreter executes every block op in
 numpy. float64: forward and every gradient (q, k, v, pos, each ψω/φ parameter) to 1e-10 relative. float32:
 error against the float64 reference at most 2× that of the reference run in float32 (FlashAttention's rule),
 floor 1e-6. Run with ``-s`` to see the measured errors.
@@ -11,8 +13,6 @@ import os
 import pytest
 import torch
 
-pytest.importorskip("triton")
-
 import gtkernels  # noqa: E402
 import gtkernels_py as R  # noqa: E402
 from gtkernels._backends import resolve_backend  # noqa: E402
@@ -20,16 +20,37 @@ from gtkernels.ops import registry  # noqa: E402
 from gtkernels.ops.layout import padded_segments, padded_to_rows  # noqa: E402
 from helpers import attention_inputs, mlp_params, qm9_molecules, random_molecules, rel_err  # noqa: E402
 
-if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
-    pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
-
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+GPU_BACKENDS = ("triton", "cuda")
+
+
+def _skip_reason(backend):
+    if backend == "triton":
+        if not gtkernels._backends.triton_available():
+            return "triton is not installed"
+        if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+            return "no CUDA and TRITON_INTERPRET is not 1"
+    elif not gtkernels.extension_available():
+        return "gtkernels._C not built"
+    elif torch.cuda.is_available() and not gtkernels._backends.cuda_kernels_built():
+        return "gtkernels._C was built without the CUDA kernels"
+    return None
+
+
+@pytest.fixture(params=GPU_BACKENDS)
+def backend(request, monkeypatch):
+    reason = _skip_reason(request.param)
+    if reason:
+        pytest.skip(reason)
+    if request.param == "cuda" and not torch.cuda.is_available():
+        monkeypatch.setenv("GTKERNELS_CUDA_EMULATE", "1")
+    return request.param
 ORACLES = ["reference"] + (["cpu"] if gtkernels.extension_available() else [])
 TOL64 = 1e-10
 
 
 def _report(what, err):
-    print(f"[triton] {what}: {err:.3g}")
+    print(f"[gpu backend] {what}: {err:.3g}")
     return err
 
 
@@ -54,7 +75,7 @@ def _on(device, tensors):
 
 def _attention(inputs, psi, backend):
     """Output and gradients (q, k, v, pos, ψ...) of ``backend`` on copies of the CPU inputs, returned on CPU."""
-    device = DEVICE if backend == "triton" else torch.device("cpu")
+    device = DEVICE if backend in GPU_BACKENDS else torch.device("cpu")
     q, k, v, pos, mask, cu = _on(device, inputs)
     psi = _on(device, psi)
     out = gtkernels.geometric_attention(q, k, v, pos, psi, mask, cu_seqlens=cu, backend=backend)
@@ -63,7 +84,7 @@ def _attention(inputs, psi, backend):
 
 
 def _encoding(inputs, phi, backend):
-    device = DEVICE if backend == "triton" else torch.device("cpu")
+    device = DEVICE if backend in GPU_BACKENDS else torch.device("cpu")
     pos, mask, cu = _on(device, inputs)
     phi = _on(device, phi)
     s = gtkernels.geometric_encoding(pos, phi, mask, cu_seqlens=cu, backend=backend)
@@ -95,13 +116,13 @@ ATTN_PARAMS = [pytest.param(s, h, d, w, lay, id=f"{'-'.join(map(str, s))}_h{h}_d
 
 
 @pytest.mark.parametrize("sizes,heads,d,widths,layout", ATTN_PARAMS)
-def test_attention_float64(sizes, heads, d, widths, layout):
+def test_attention_float64(sizes, heads, d, widths, layout, backend):
     mols = random_molecules(sizes, seed=len(sizes))
     inputs = attention_inputs(mols, heads, d, layout=layout)
     if layout == "padded":
         inputs = _holes(inputs)
     psi = mlp_params(widths, seed=1)
-    out, grads = _attention(inputs, psi, "triton")
+    out, grads = _attention(inputs, psi, backend)
     assert out.dtype == torch.float64 and torch.isfinite(out).all()
     for oracle in ORACLES:
         ref, ref_g = _attention(inputs, psi, oracle)
@@ -115,7 +136,7 @@ def test_attention_float64(sizes, heads, d, widths, layout):
     pytest.param("qm9", 4, 16, id="qm9_h4_d16"),
     pytest.param([70, 9], 3, 2, id="70-9_h3_d2"),
 ])
-def test_attention_float32_two_x_rule(mols, heads, d):
+def test_attention_float32_two_x_rule(mols, heads, d, backend):
     mols = qm9_molecules(4) if mols == "qm9" else random_molecules(mols, seed=3)
     inputs64 = attention_inputs(mols, heads, d)
     psi64 = mlp_params([50, 50, 50], seed=2)
@@ -124,7 +145,7 @@ def test_attention_float32_two_x_rule(mols, heads, d):
     psi32 = [p.detach().float().requires_grad_() for p in psi64]
     exact, exact_g = _attention(inputs64, psi64, "reference")
     ref32, ref32_g = _attention(inputs32, psi32, "reference")
-    out32, out32_g = _attention(inputs32, psi32, "triton")
+    out32, out32_g = _attention(inputs32, psi32, backend)
     assert out32.dtype == torch.float32
     bound = max(2 * rel_err(ref32, exact), 1e-6)
     assert _report(f"attn f32 out (bound {bound:.3g})", rel_err(out32, exact)) <= bound
@@ -133,14 +154,14 @@ def test_attention_float32_two_x_rule(mols, heads, d):
         assert _report(f"  d{name} f32 (bound {bound:.3g})", rel_err(a, e)) <= bound, name
 
 
-def test_attention_degenerate_rows_are_zero_not_nan():
+def test_attention_degenerate_rows_are_zero_not_nan(backend):
     mols = random_molecules([4, 3, 1], seed=4)
     q, k, v, pos, mask, _ = attention_inputs(mols, 2, 2)
     mask = mask.clone()
     mask[1] = False                    # a molecule that is all padding
     inputs = [q, k, v, pos, mask, None]
     psi = mlp_params([50, 50, 50])
-    out, grads = _attention(inputs, psi, "triton")
+    out, grads = _attention(inputs, psi, backend)
     assert torch.isfinite(out).all() and (out[~mask] == 0).all() and (out[2] == 0).all()  # lone atom: 0
     for g in grads:
         assert torch.isfinite(g).all()
@@ -152,7 +173,7 @@ def test_attention_degenerate_rows_are_zero_not_nan():
         assert rel_err(a, b) < TOL64
 
 
-def test_attention_lse_and_rows_layout_match_cpu():
+def test_attention_lse_and_rows_layout_match_cpu(backend):
     """The op-level results (out and the un-gated lse, −inf for rows with no key) equal the C++ kernels'."""
     if "cpu" not in ORACLES:
         pytest.skip("gtkernels._C not built")
@@ -163,7 +184,7 @@ def test_attention_lse_and_rows_layout_match_cpu():
     psi = [p.detach() for p in mlp_params([50, 50, 50])]
     out_c, lse_c = registry.attention_fwd(*rows, psi, seg, valid, 0.5, "cpu")
     out_t, lse_t = registry.attention_fwd(*_on(DEVICE, rows), _on(DEVICE, psi), seg.to(DEVICE),
-                                          valid.to(DEVICE), 0.5, "triton")
+                                          valid.to(DEVICE), 0.5, backend)
     out_t, lse_t = out_t.cpu(), lse_t.cpu()
     assert lse_t.dtype == torch.float64 and lse_t.shape == lse_c.shape
     assert torch.equal(torch.isinf(lse_t), torch.isinf(lse_c))
@@ -172,37 +193,37 @@ def test_attention_lse_and_rows_layout_match_cpu():
     assert rel_err(out_t, out_c) < TOL64
 
 
-def test_attention_gradients_are_deterministic():
+def test_attention_gradients_are_deterministic(backend):
     mols = random_molecules([20, 7], seed=9)
     inputs = attention_inputs(mols, 2, 4, dtype=torch.float32, layout="packed")
     psi = mlp_params([50, 50, 50], dtype=torch.float32)
-    _, g1 = _attention(inputs, psi, "triton")
-    _, g2 = _attention(inputs, psi, "triton")
+    _, g1 = _attention(inputs, psi, backend)
+    _, g2 = _attention(inputs, psi, backend)
     for a, b in zip(g1, g2):
         assert torch.equal(a, b)
 
 
-def test_attention_empty_batch():
+def test_attention_empty_batch(backend):
     for shape in [(0, 5, 2, 3), (3, 0, 2, 3)]:
         q = torch.zeros(shape, dtype=torch.float64, device=DEVICE, requires_grad=True)
         pos = torch.zeros(shape[:2] + (3,), dtype=torch.float64, device=DEVICE)
-        out = gtkernels.geometric_attention(q, q, q, pos, _on(DEVICE, mlp_params([4])), backend="triton")
+        out = gtkernels.geometric_attention(q, q, q, pos, _on(DEVICE, mlp_params([4])), backend=backend)
         assert out.shape == shape
         out.sum().backward()
 
 
-def test_attention_gradcheck_and_opcheck():
+def test_attention_gradcheck_and_opcheck(backend):
     mols = random_molecules([3, 1, 2], seed=2)
     q, k, v, pos, mask, _ = _on(DEVICE, attention_inputs(mols, 2, 2))
     psi = _on(DEVICE, mlp_params([5, 5], seed=3))
 
     def f(q, k, v, pos, *psi):
-        return gtkernels.geometric_attention(q, k, v, pos, list(psi), mask, backend="triton", validate=False)
+        return gtkernels.geometric_attention(q, k, v, pos, list(psi), mask, backend=backend, validate=False)
 
     assert torch.autograd.gradcheck(f, (q, k, v, pos, *psi), eps=1e-6, atol=1e-7, fast_mode=True)
     seg, valid = padded_segments(q.shape[0], q.shape[1], mask, q.device)
     rows = [padded_to_rows(t.detach()).requires_grad_() for t in (q, k, v, pos)]
-    torch.library.opcheck(registry.attention_fwd, (*rows, psi, seg, valid, 0.5, "triton"))
+    torch.library.opcheck(registry.attention_fwd, (*rows, psi, seg, valid, 0.5, backend))
 
 
 # ------------------------------------------------------------------------------------------------------ encoding
@@ -216,7 +237,7 @@ ENC_CASES = [  # (molecule sizes, φ hidden widths, layout)
 
 
 @pytest.mark.parametrize("sizes,widths,layout", ENC_CASES)
-def test_encoding_float64(sizes, widths, layout):
+def test_encoding_float64(sizes, widths, layout, backend):
     mols = random_molecules(sizes, seed=11)
     q, k, v, pos, mask, cu = attention_inputs(mols, 1, 1, layout=layout)
     inputs = [pos, mask, cu]
@@ -224,7 +245,7 @@ def test_encoding_float64(sizes, widths, layout):
         _, _, _, pos, mask, _ = _holes([q, k, v, pos, mask, cu])
         inputs = [pos, mask, None]
     phi = mlp_params(widths, seed=4)
-    s, grads = _encoding(inputs, phi, "triton")
+    s, grads = _encoding(inputs, phi, backend)
     if mask is not None:
         assert (s[~mask] == 0).all()
     for oracle in ORACLES:
@@ -235,7 +256,7 @@ def test_encoding_float64(sizes, widths, layout):
             assert _report(f"  d{name} vs {oracle}", rel_err(a, b)) < TOL64, name
 
 
-def test_encoding_float32_two_x_rule():
+def test_encoding_float32_two_x_rule(backend):
     mols = qm9_molecules(4)
     _, _, _, pos, mask, _ = attention_inputs(mols, 1, 1)
     phi64 = mlp_params([50], seed=4)
@@ -243,7 +264,7 @@ def test_encoding_float32_two_x_rule():
     pos32 = pos.detach().float().requires_grad_()
     exact, exact_g = _encoding([pos, mask, None], phi64, "reference")
     ref32, ref32_g = _encoding([pos32, mask, None], phi32, "reference")
-    out32, out32_g = _encoding([pos32, mask, None], phi32, "triton")
+    out32, out32_g = _encoding([pos32, mask, None], phi32, backend)
     assert out32.dtype == torch.float32
     bound = max(2 * rel_err(ref32, exact), 1e-6)
     assert _report(f"enc f32 s (bound {bound:.3g})", rel_err(out32, exact)) <= bound
@@ -252,22 +273,24 @@ def test_encoding_float32_two_x_rule():
         assert _report(f"  d{name} f32 (bound {bound:.3g})", rel_err(a, e)) <= bound, name
 
 
-def test_encoding_gradcheck_and_opcheck():
+def test_encoding_gradcheck_and_opcheck(backend):
     mols = random_molecules([3, 4, 1], seed=6)
     _, _, _, pos, mask, _ = _on(DEVICE, attention_inputs(mols, 1, 1))
     phi = _on(DEVICE, mlp_params([6], seed=5))
 
     def f(pos, *phi):
-        return gtkernels.geometric_encoding(pos, list(phi), mask, backend="triton", validate=False)
+        return gtkernels.geometric_encoding(pos, list(phi), mask, backend=backend, validate=False)
 
     assert torch.autograd.gradcheck(f, (pos, *phi), eps=1e-6, atol=1e-7, fast_mode=True)
     seg, valid = padded_segments(pos.shape[0], pos.shape[1], mask, pos.device)
     torch.library.opcheck(registry.encoding_fwd, (padded_to_rows(pos.detach()).requires_grad_(), phi, seg, valid,
-                                                  "triton"))
+                                                  backend))
 
 
 # ------------------------------------------------------------------------------------------------------- selection
-def test_backend_selection(monkeypatch):
+def test_triton_backend_selection(monkeypatch):
+    if _skip_reason("triton"):
+        pytest.skip(_skip_reason("triton"))
     assert "triton" in gtkernels.backends()
     cpu = torch.device("cpu")
     if gtkernels.extension_available():
@@ -285,3 +308,60 @@ def test_backend_selection(monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(ValueError, match="backend='cpu' or 'reference'"):
             resolve_backend("triton", cpu, torch.float32)
+
+
+def test_cuda_backend_selection(monkeypatch):
+    if _skip_reason("cuda"):
+        pytest.skip(_skip_reason("cuda"))
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("GTKERNELS_CUDA_EMULATE", "0")
+    with pytest.raises(ValueError, match="runs on CUDA tensors"):
+        resolve_backend("cuda", cpu, torch.float32)
+    if not torch.cuda.is_available():
+        assert "cuda" not in gtkernels.backends()
+    monkeypatch.setenv("GTKERNELS_CUDA_EMULATE", "1")
+    assert "cuda" in gtkernels.backends()
+    assert resolve_backend("cuda", cpu, torch.float16) == "cuda"
+    assert resolve_backend("auto", cpu, torch.float32) == "cpu"   # auto on CPU never picks the emulation
+    with pytest.raises(NotImplementedError, match="dropout"):
+        resolve_backend("cuda", cpu, torch.float32, dropout_p=0.1)
+    with pytest.raises(ValueError, match="width <= 128"):
+        resolve_backend("cuda", cpu, torch.float32, mlp_ok=False)
+
+
+def test_cuda_emulation_is_independent_of_thread_order(monkeypatch, backend):
+    """No thread reads, within a phase, what another writes: running each phase's threads backwards changes
+    no bit of any output or gradient (the emulation's check of the kernels' barrier discipline)."""
+    if backend != "cuda" or torch.cuda.is_available():
+        pytest.skip("host emulation of the CUDA kernels only")
+    mols = random_molecules([40, 6, 1], seed=12)
+    inputs = attention_inputs(mols, 3, 4, dtype=torch.float32)
+    psi = mlp_params([50, 50, 50], dtype=torch.float32)
+    phi = mlp_params([50], dtype=torch.float32, seed=2)
+    forward = (_attention(inputs, psi, "cuda"), _encoding([inputs[3], inputs[4], None], phi, "cuda"))
+    monkeypatch.setenv("GTKERNELS_CUDA_EMULATE_ORDER", "reverse")
+    backward = (_attention(inputs, psi, "cuda"), _encoding([inputs[3], inputs[4], None], phi, "cuda"))
+    for (out_f, g_f), (out_b, g_b) in zip(forward, backward):
+        assert torch.equal(out_f, out_b)
+        for a, b in zip(g_f, g_b):
+            assert torch.equal(a, b)
+
+
+def test_cuda_half_precision_inputs(backend):
+    """float16 / bfloat16 inputs are computed in float32 and returned in their dtype, lse in float32."""
+    if backend != "cuda":
+        pytest.skip("cuda backend")
+    mols = random_molecules([7, 3], seed=13)
+    inputs64 = attention_inputs(mols, 2, 8)
+    psi64 = mlp_params([50, 50, 50], seed=2)
+    exact, _ = _attention(inputs64, psi64, "reference")
+    for dtype in (torch.float16, torch.bfloat16):
+        inputs = [t.detach().to(dtype).requires_grad_() if t is not None and t.is_floating_point() and t.dim() > 2
+                  else t for t in inputs64]
+        inputs[3] = inputs64[3].detach().float().requires_grad_()   # positions stay float32/float64
+        psi = [p.detach().to(dtype).requires_grad_() for p in psi64]
+        ref, _ = _attention(inputs, psi, "reference")
+        out, grads = _attention(inputs, psi, "cuda")
+        assert out.dtype == dtype and all(g.dtype == t.dtype for g, t in zip(grads, [*inputs[:4], *psi]))
+        bound = max(2 * rel_err(ref.double(), exact), 1e-3)
+        assert _report(f"attn {dtype} out (bound {bound:.3g})", rel_err(out.double(), exact)) <= bound

@@ -1,0 +1,554 @@
+// block_kernels.h — the CUDA kernels' bodies, one CUDA block ("program") at a time, written against a small
+// block interface so that the same code runs on the GPU and, serially, on the host (csrc/cpu/cuda_emulation.cpp:
+// the test suite executes every line below on CPU tensors). No torch headers; plain pointers.
+//
+// Block interface `Blk` (DeviceBlock in kernels_device.cuh, HostBlock in cuda_emulation.cpp):
+//   b.size()                  threads of the block
+//   b.for_each_thread(f)      f(t) for every thread t (on the GPU: each thread runs f(threadIdx.x))
+//   b.sync()                  barrier (__syncthreads)
+// Rules that keep the emulation faithful: no warp intrinsics; nothing carried from one phase (between two
+// barriers) to the next but shared or global memory; within a phase no thread reads what another thread
+// writes in that phase (the emulation runs threads forwards and backwards to check results do not change).
+//
+// Work split (DESIGN.md §5). Rows are the "segments of rows" layout of csrc/ops.cpp. A program owns a tile of
+// kRows consecutive rows [r0, r1) of one molecule (rows [s, e)); the glue builds the table of tiles.
+//   attention forward : the tile's rows are queries; loop over key tiles; ψω evaluated once per (query, key)
+//                       pair on the pair tile (hidden layers as tile matmuls in shared memory) and reused by
+//                       every head; un-gated online softmax (running max m, sum l) with the gated numerator
+//                       Σ exp(S − m)·g·V kept in `out`; one read-modify-write of the state per key tile.
+//   attention backward: the tile's rows J play both roles. For every tile I of the molecule: dV_J, dK_J
+//                       (J as keys of the queries I) and dQ_J (J as queries of the keys I) with
+//                       D_i = Σ_d dO_i·O_i (precomputed), dS = P ⊙ (g ⊙ dO Vᵀ − D); dg_ij + dg_ji over all
+//                       heads, back through ψω (dψ = 2ψ·dg) to rinv and to the positions of J. Every output row
+//                       is written by one program and one thread only: no atomics, deterministic.
+//                       The ψω weight gradients go to the program's own partial buffer (summed by the glue);
+//                       each unordered pair is seen by both of its programs, so they are added with weight ½
+//                       (exact: g_ij = g_ji).
+//   encoding          : s_i = Σ_j φ(rinv_ij) over valid j including i (rinv_ii = 0); backward with upstream
+//                       ds_i + ds_j per pair (again ½ for the weights).
+// Nothing N×N is written to global memory: pair tiles live in shared memory.
+#pragma once
+
+#include "../pair_math.h"
+
+#if defined(__CUDACC__)
+#define GT_BLOCK __device__
+#else
+#define GT_BLOCK
+#endif
+
+namespace gt {
+namespace blk {
+
+constexpr int kRows = 32;      // rows per tile (queries and keys); QM9 molecules (≤ 29 atoms) are one tile
+constexpr int kThreads = 128;  // threads per program
+constexpr int kTileFields = 4;  // a tile: r0, r1, s, e (int64)
+
+// ---------------------------------------------------------------------------------------------------------
+// Shared-memory layout. Every program carves the same buffer; the glue sizes it with smem_bytes().
+template <class T>
+struct Smem {
+  double* pos_i;    // [kRows][3] positions of the rows of tile I (valid rows, compacted)
+  double* pos_j;    // [kRows][3]
+  int64_t* row_i;   // [kRows] global row index of the valid rows of tile I
+  int64_t* row_j;   // [kRows]
+  int* count;       // [2] number of valid rows in I and J
+  T* x;             // [kRows²] rinv of each pair (0 for masked pairs)
+  T* y;             // [kRows²] ψ / φ output of each pair
+  T* u;             // [kRows²] upstream gradient of each pair's MLP output (backward)
+  T* dx;            // [kRows²] d/d rinv of each pair (backward)
+  T* z;             // [L][chunk][S] pre-activations of a chunk of pairs
+  T* a;             // [L][chunk][S] activations
+  T* dz;            // [2][chunk][S] backward ping-pong
+};
+
+GT_HD inline size_t align16(size_t x) { return (x + 15) / 16 * 16; }
+
+// Bytes of shared memory for MLPs of n_layers layers at most `width` wide, `chunk` pairs at a time. The same
+// function places the arrays (carve) and sizes them (glue), so the two cannot disagree.
+template <class T>
+GT_HD inline size_t carve(char* base, Smem<T>* sm, int n_layers, int width, int chunk) {
+  size_t off = 0;
+  auto take = [&](size_t bytes) {
+    char* p = base == nullptr ? nullptr : base + off;
+    off = align16(off + bytes);
+    return p;
+  };
+  const size_t pairs = static_cast<size_t>(kRows) * kRows;
+  const size_t tile = static_cast<size_t>(chunk) * width;
+  Smem<T> s;
+  s.pos_i = reinterpret_cast<double*>(take(sizeof(double) * 3 * kRows));
+  s.pos_j = reinterpret_cast<double*>(take(sizeof(double) * 3 * kRows));
+  s.row_i = reinterpret_cast<int64_t*>(take(sizeof(int64_t) * kRows));
+  s.row_j = reinterpret_cast<int64_t*>(take(sizeof(int64_t) * kRows));
+  s.count = reinterpret_cast<int*>(take(sizeof(int) * 2));
+  s.x = reinterpret_cast<T*>(take(sizeof(T) * pairs));
+  s.y = reinterpret_cast<T*>(take(sizeof(T) * pairs));
+  s.u = reinterpret_cast<T*>(take(sizeof(T) * pairs));
+  s.dx = reinterpret_cast<T*>(take(sizeof(T) * pairs));
+  s.z = reinterpret_cast<T*>(take(sizeof(T) * n_layers * tile));
+  s.a = reinterpret_cast<T*>(take(sizeof(T) * n_layers * tile));
+  s.dz = reinterpret_cast<T*>(take(sizeof(T) * 2 * tile));
+  if (sm != nullptr) *sm = s;
+  return off;
+}
+
+template <class T>
+inline size_t smem_bytes(int n_layers, int width, int chunk) {
+  return carve<T>(nullptr, nullptr, n_layers, width, chunk);
+}
+
+// Widest layer of an MLP: the row stride S of the chunk tiles.
+template <class T>
+GT_HD inline int mlp_width(const MlpView<T>& m) {
+  int w = 1;
+  for (int l = 0; l < m.n_layers; ++l) w = m.out[l] > w ? m.out[l] : w;
+  return w;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Arguments. Tensors are contiguous; rows are the segments-of-rows layout; T is float or double.
+template <class T>
+struct AttentionArgs {
+  const T* q;            // [R, H, D]
+  const T* k;            // [R, H, D]
+  const T* v;            // [R, H, D]
+  const double* pos;     // [R, 3]
+  const bool* valid;     // [R] or nullptr (every row an atom)
+  const int64_t* tiles;  // [n_tiles][4]
+  int H, D;
+  T scale;
+  MlpView<T> psi;        // hidden ReLU, no output activation; g = ψ²
+  int chunk;             // pairs per ψ chunk in shared memory
+  // forward: out [R, H, D] (zeros in, the gated numerator during the loop, O after), lse [R, H] (−inf in; the
+  // running max during the loop, m + log l after), lsum [R, H] (zeros in; the running sum l)
+  T* out;
+  T* lse;
+  T* lsum;
+  // backward: dout [R, H, D], out-derived dsum [R, H] = Σ_d dout·out, the forward's lse; outputs dq, dk, dv
+  // [R, H, D] and dpos [R, 3] (zeros in), grad_partial [n_tiles][psi.grad_size] (zeros in)
+  const T* dout;
+  const T* dsum;
+  const T* lse_in;
+  T* dq;
+  T* dk;
+  T* dv;
+  double* dpos;
+  T* grad_partial;
+};
+
+template <class T>
+struct EncodingArgs {
+  const double* pos;     // [R, 3]
+  const bool* valid;     // [R] or nullptr
+  const int64_t* tiles;  // [n_tiles][4]
+  MlpView<T> phi;        // hidden GELU, output GELU
+  int chunk;
+  T* s;                  // forward output [R] (zeros in)
+  const T* ds;           // backward upstream [R]
+  double* dpos;          // [R, 3] (zeros in)
+  T* grad_partial;       // [n_tiles][phi.grad_size] (zeros in)
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// Loads the valid rows of [r0, r1) (compacted, in order) and their positions into row/pos; count = how many.
+template <class Blk>
+GT_BLOCK void load_rows(Blk& b, int64_t r0, int64_t r1, const bool* valid, const double* pos, int64_t* row,
+                        double* p, int* count) {
+  b.sync();  // every thread has read the previous count and rows
+  b.for_each_thread([&](int t) {
+    if (t != 0) return;
+    int n = 0;
+    for (int64_t r = r0; r < r1; ++r) {
+      if (valid != nullptr && !valid[r]) continue;
+      row[n] = r;
+      p[3 * n + 0] = pos[3 * r + 0];
+      p[3 * n + 1] = pos[3 * r + 1];
+      p[3 * n + 2] = pos[3 * r + 2];
+      ++n;
+    }
+    *count = n;
+  });
+  b.sync();
+}
+
+// Pair inputs of the tile I × J (pair p = i·nJ + j): rinv_ij, and 0 for i = j (the encoding's self term; the
+// attention masks that pair by row equality).
+template <class T, class Blk>
+GT_BLOCK void pair_inputs(Blk& b, const Smem<T>& sm, int nI, int nJ) {
+  b.for_each_thread([&](int t) {
+    for (int p = t; p < nI * nJ; p += b.size()) {
+      const int i = p / nJ, j = p - i * nJ;
+      sm.x[p] = sm.row_i[i] == sm.row_j[j] ? T(0) : inverse_distance<T>(sm.pos_i + 3 * i, sm.pos_j + 3 * j);
+    }
+  });
+  b.sync();
+}
+
+// MLP forward on n ≤ chunk scalars x[0..n): layer l's pre-activations z[l][p][o] and activations a[l][p][o]
+// (row stride S) stay in shared memory for the backward. One thread per (pair, output unit); the hidden
+// layers are small matmuls Z_l = A_{l−1} W_lᵀ + b_l.
+template <class T, class Blk>
+GT_BLOCK void mlp_forward_tile(Blk& b, const MlpView<T>& m, const T* x, int n, T* z, T* a, int S, int chunk) {
+  const int L = m.n_layers;
+  for (int l = 0; l < L; ++l) {
+    const int no = m.out[l], ni = m.in[l], ldin = m.ldin[l];
+    const int act = (l < L - 1) ? m.hidden_act : m.out_act;
+    const T* W = m.w[l];
+    const T* bias = m.b[l];
+    T* zl = z + static_cast<size_t>(l) * chunk * S;
+    T* al = a + static_cast<size_t>(l) * chunk * S;
+    const T* ap = a + static_cast<size_t>(l > 0 ? l - 1 : 0) * chunk * S;
+    b.for_each_thread([&](int t) {
+      for (int it = t; it < n * no; it += b.size()) {
+        const int p = it / no, o = it - p * no;
+        T acc = bias[o];
+        if (l == 0) {
+          acc += x[p] * W[o];
+        } else {
+          const T* ar = ap + p * S;
+          const T* wr = W + static_cast<size_t>(o) * ldin;
+          for (int i = 0; i < ni; ++i) acc += ar[i] * wr[i];
+        }
+        zl[p * S + o] = acc;
+        al[p * S + o] = activate(act, acc);
+      }
+    });
+    b.sync();
+  }
+}
+
+// Backward of mlp_forward_tile for the upstream dy[p]: dx[p] = dy_p·∂y_p/∂x_p, and
+// grad += wscale·Σ_p dy_p·∂y_p/∂θ in the flat layout of MlpView (dWᵀ [in][ld], db). Each gradient element is
+// owned by one thread and sums the pairs in order: deterministic. dz: scratch [2][chunk][S].
+template <class T, class Blk>
+GT_BLOCK void mlp_backward_tile(Blk& b, const MlpView<T>& m, const T* x, int n, const T* z, const T* a, int S,
+                                int chunk, const T* dy, T wscale, T* grad, T* dz, T* dx) {
+  const int L = m.n_layers;
+  const size_t tile = static_cast<size_t>(chunk) * S;
+  T* cur = dz;
+  T* prev = dz + tile;
+  b.for_each_thread([&](int t) {
+    for (int p = t; p < n; p += b.size()) cur[p * S] = dy[p] * activate_grad(m.out_act, z[(L - 1) * tile + p * S]);
+  });
+  b.sync();
+  for (int l = L - 1; l >= 0; --l) {
+    const int no = m.out[l], ni = m.in[l], ld = m.ld[l];
+    T* gw = grad + m.gwt[l];
+    T* gbias = grad + m.gb[l];
+    const T* ap = a + static_cast<size_t>(l > 0 ? l - 1 : 0) * tile;
+    const T* zp = z + static_cast<size_t>(l > 0 ? l - 1 : 0) * tile;
+    const T* wt = m.wt[l];
+    b.for_each_thread([&](int t) {
+      // dWᵀ[i][o] += wscale·Σ_p dz_l[p][o]·a_{l−1}[p][i] (a_{−1} = x); db[o] += wscale·Σ_p dz_l[p][o]
+      for (int it = t; it < (ni + 1) * no; it += b.size()) {
+        const int i = it / no, o = it - i * no;
+        T acc = T(0);
+        if (i < ni) {
+          for (int p = 0; p < n; ++p) acc += cur[p * S + o] * (l == 0 ? x[p] : ap[p * S + i]);
+          gw[static_cast<size_t>(i) * ld + o] += wscale * acc;
+        } else {
+          for (int p = 0; p < n; ++p) acc += cur[p * S + o];
+          gbias[o] += wscale * acc;
+        }
+      }
+      if (l > 0) {
+        // dz_{l−1}[p][i] = (Σ_o dz_l[p][o]·W_l[o][i])·act'(z_{l−1}[p][i])
+        for (int it = t; it < n * ni; it += b.size()) {
+          const int p = it / ni, i = it - p * ni;
+          const T* wr = wt + static_cast<size_t>(i) * ld;
+          T acc = T(0);
+          for (int o = 0; o < no; ++o) acc += cur[p * S + o] * wr[o];
+          prev[p * S + i] = acc * activate_grad(m.hidden_act, zp[p * S + i]);
+        }
+      } else {
+        for (int p = t; p < n; p += b.size()) {
+          T acc = T(0);
+          for (int o = 0; o < no; ++o) acc += cur[p * S + o] * wt[o];
+          dx[p] = acc;
+        }
+      }
+    });
+    b.sync();
+    T* tmp = cur;
+    cur = prev;
+    prev = tmp;
+  }
+}
+
+// MLP outputs y[p] of the pairs [0, np) of the tile, chunk by chunk.
+template <class T, class Blk>
+GT_BLOCK void mlp_outputs(Blk& b, const MlpView<T>& m, const Smem<T>& sm, int np, int S, int chunk) {
+  const size_t last = static_cast<size_t>(m.n_layers - 1) * chunk * S;
+  for (int c0 = 0; c0 < np; c0 += chunk) {
+    const int n = np - c0 < chunk ? np - c0 : chunk;
+    mlp_forward_tile(b, m, sm.x + c0, n, sm.z, sm.a, S, chunk);
+    b.for_each_thread([&](int t) {
+      for (int p = t; p < n; p += b.size()) sm.y[c0 + p] = sm.a[last + p * S];
+    });
+    b.sync();
+  }
+}
+
+// Backward through the MLP of the pairs [0, np): upstream sm.u, result sm.dx; weights with factor wscale.
+template <class T, class Blk>
+GT_BLOCK void mlp_pair_grads(Blk& b, const MlpView<T>& m, const Smem<T>& sm, int np, int S, int chunk, T wscale,
+                             T* grad) {
+  for (int c0 = 0; c0 < np; c0 += chunk) {
+    const int n = np - c0 < chunk ? np - c0 : chunk;
+    mlp_forward_tile(b, m, sm.x + c0, n, sm.z, sm.a, S, chunk);  // recompute the activations
+    mlp_backward_tile(b, m, sm.x + c0, n, sm.z, sm.a, S, chunk, sm.u + c0, wscale, grad, sm.dz, sm.dx + c0);
+  }
+}
+
+// dpos[row_j[j]] += Σ_i dx[i·nJ + j]·∂rinv_ij/∂p_j (pairs in order of i; one thread per row j).
+template <class T, class Blk>
+GT_BLOCK void position_grads(Blk& b, const Smem<T>& sm, int nI, int nJ, double* dpos) {
+  b.for_each_thread([&](int t) {
+    for (int j = t; j < nJ; j += b.size()) {
+      double acc[3] = {0.0, 0.0, 0.0};
+      for (int i = 0; i < nI; ++i) {
+        if (sm.row_i[i] == sm.row_j[j]) continue;  // r = 0: no gradient
+        double g[3];
+        inverse_distance<T>(sm.pos_j + 3 * j, sm.pos_i + 3 * i, g);  // d rinv / d p_j
+        const double c = static_cast<double>(sm.dx[i * nJ + j]);
+        acc[0] += c * g[0];
+        acc[1] += c * g[1];
+        acc[2] += c * g[2];
+      }
+      double* d = dpos + 3 * sm.row_j[j];
+      d[0] += acc[0];
+      d[1] += acc[1];
+      d[2] += acc[2];
+    }
+  });
+  b.sync();
+}
+
+template <class T>
+GT_HD inline T dot(const T* a, const T* b, int n) {
+  T acc = T(0);
+  for (int d = 0; d < n; ++d) acc += a[d] * b[d];
+  return acc;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Attention forward, program `tile`.
+template <class T, class Blk>
+GT_BLOCK void attention_fwd_program(Blk& b, const AttentionArgs<T>& A, int64_t tile, char* smem) {
+  const MlpView<T>& m = A.psi;
+  const int S = mlp_width(m), chunk = A.chunk, H = A.H, D = A.D;
+  Smem<T> sm;
+  carve<T>(smem, &sm, m.n_layers, S, chunk);
+  const int64_t* tl = A.tiles + kTileFields * tile;
+  const int64_t seg_end = tl[3];
+  load_rows(b, tl[0], tl[1], A.valid, A.pos, sm.row_i, sm.pos_i, sm.count);
+  const int nI = sm.count[0];
+  if (nI == 0) return;
+  for (int64_t j0 = tl[2]; j0 < seg_end; j0 += kRows) {
+    const int64_t j1 = j0 + kRows < seg_end ? j0 + kRows : seg_end;
+    load_rows(b, j0, j1, A.valid, A.pos, sm.row_j, sm.pos_j, sm.count + 1);
+    const int nJ = sm.count[1];
+    if (nJ == 0) continue;
+    pair_inputs(b, sm, nI, nJ);
+    mlp_outputs(b, m, sm, nI * nJ, S, chunk);
+    // Online softmax over this key tile, one thread per (query, head); heads fastest (coalesced q/k/v).
+    b.for_each_thread([&](int t) {
+      for (int it = t; it < nI * H; it += b.size()) {
+        const int i = it / H, h = it - i * H;
+        const int64_t r = sm.row_i[i];
+        const T* qi = A.q + (r * H + h) * D;
+        T sc[kRows];
+        T mx = A.lse[r * H + h];
+        const T m_old = mx;
+        for (int j = 0; j < nJ; ++j) {
+          const int64_t rj = sm.row_j[j];
+          if (rj == r) {
+            sc[j] = neg_inf<T>();
+            continue;
+          }
+          sc[j] = A.scale * dot(qi, A.k + (rj * H + h) * D, D);
+          mx = gt_max(mx, sc[j]);
+        }
+        if (!(mx > neg_inf<T>())) continue;  // no key so far
+        const T c = gt_exp(m_old - mx);      // rescale of the old state (0 when m_old = −inf)
+        T l = A.lsum[r * H + h] * c;
+        for (int j = 0; j < nJ; ++j) {
+          const T p = gt_exp(sc[j] - mx);  // un-gated probability numerator
+          l += p;
+          const T y = sm.y[i * nJ + j];
+          sc[j] = p * y * y;  // gated weight p·g
+        }
+        A.lsum[r * H + h] = l;
+        A.lse[r * H + h] = mx;
+        T* o = A.out + (r * H + h) * D;
+        for (int d = 0; d < D; ++d) {
+          T acc = o[d] * c;
+          for (int j = 0; j < nJ; ++j) acc += sc[j] * A.v[(sm.row_j[j] * H + h) * D + d];
+          o[d] = acc;
+        }
+      }
+    });
+    b.sync();
+  }
+  // O = numerator / l, lse = m + log l; a row with no key keeps O = 0, lse = −inf.
+  b.for_each_thread([&](int t) {
+    for (int it = t; it < nI * H; it += b.size()) {
+      const int i = it / H, h = it - i * H;
+      const int64_t r = sm.row_i[i];
+      const T l = A.lsum[r * H + h];
+      if (!(l > T(0))) continue;
+      const T inv = T(1) / l;
+      T* o = A.out + (r * H + h) * D;
+      for (int d = 0; d < D; ++d) o[d] *= inv;
+      A.lse[r * H + h] += gt_log(l);
+    }
+  });
+}
+
+// Attention backward, program `tile` (rows J). grad = this program's partial ψ gradient.
+template <class T, class Blk>
+GT_BLOCK void attention_bwd_program(Blk& b, const AttentionArgs<T>& A, int64_t tile, char* smem) {
+  const MlpView<T>& m = A.psi;
+  const int S = mlp_width(m), chunk = A.chunk, H = A.H, D = A.D;
+  Smem<T> sm;
+  carve<T>(smem, &sm, m.n_layers, S, chunk);
+  const int64_t* tl = A.tiles + kTileFields * tile;
+  const int64_t seg_end = tl[3];
+  T* grad = A.grad_partial + tile * m.grad_size;
+  load_rows(b, tl[0], tl[1], A.valid, A.pos, sm.row_j, sm.pos_j, sm.count + 1);
+  const int nJ = sm.count[1];
+  if (nJ == 0) return;
+  for (int64_t i0 = tl[2]; i0 < seg_end; i0 += kRows) {
+    const int64_t i1 = i0 + kRows < seg_end ? i0 + kRows : seg_end;
+    load_rows(b, i0, i1, A.valid, A.pos, sm.row_i, sm.pos_i, sm.count);
+    const int nI = sm.count[0];
+    if (nI == 0) continue;
+    const int np = nI * nJ;
+    pair_inputs(b, sm, nI, nJ);
+    mlp_outputs(b, m, sm, np, S, chunk);
+    b.for_each_thread([&](int t) {
+      // dψ_ij = 2ψ_ij·(dg_ij + dg_ji), dg_ij = Σ_h P_ij·(dO_i·V_j): one thread per pair, heads in order.
+      for (int p = t; p < np; p += b.size()) {
+        const int i = p / nJ, j = p - i * nJ;
+        const int64_t ri = sm.row_i[i], rj = sm.row_j[j];
+        T dg = T(0);
+        if (ri != rj) {
+          for (int h = 0; h < H; ++h) {
+            const int64_t ih = ri * H + h, jh = rj * H + h;
+            const T pij = gt_exp(A.scale * dot(A.q + ih * D, A.k + jh * D, D) - A.lse_in[ih]);
+            const T pji = gt_exp(A.scale * dot(A.q + jh * D, A.k + ih * D, D) - A.lse_in[jh]);
+            dg += pij * dot(A.dout + ih * D, A.v + jh * D, D) + pji * dot(A.dout + jh * D, A.v + ih * D, D);
+          }
+        }
+        sm.u[p] = T(2) * sm.y[p] * dg;
+      }
+      // dV_j += Σ_i P_ij g_ij dO_i, dK_j += scale Σ_i dS_ij Q_i, dQ_j += scale Σ_i dS_ji K_i: one thread per
+      // (row j, head), coefficients per i first, then one read-modify-write per output element.
+      for (int it = t; it < nJ * H; it += b.size()) {
+        const int j = it / H, h = it - j * H;
+        const int64_t jh = sm.row_j[j] * H + h;
+        T cv[kRows] = {}, ck[kRows] = {}, cq[kRows] = {};
+        for (int i = 0; i < nI; ++i) {
+          const int64_t ri = sm.row_i[i];
+          if (ri == sm.row_j[j]) {
+            cv[i] = ck[i] = cq[i] = T(0);
+            continue;
+          }
+          const int64_t ih = ri * H + h;
+          const T y = sm.y[i * nJ + j];
+          const T g = y * y;
+          const T pij = gt_exp(A.scale * dot(A.q + ih * D, A.k + jh * D, D) - A.lse_in[ih]);
+          const T dsij = pij * (g * dot(A.dout + ih * D, A.v + jh * D, D) - A.dsum[ih]);
+          const T pji = gt_exp(A.scale * dot(A.q + jh * D, A.k + ih * D, D) - A.lse_in[jh]);
+          const T dsji = pji * (g * dot(A.dout + jh * D, A.v + ih * D, D) - A.dsum[jh]);
+          cv[i] = pij * g;
+          ck[i] = A.scale * dsij;
+          cq[i] = A.scale * dsji;
+        }
+        for (int d = 0; d < D; ++d) {
+          T av = T(0), ak = T(0), aq = T(0);
+          for (int i = 0; i < nI; ++i) {
+            const int64_t ih = sm.row_i[i] * H + h;
+            av += cv[i] * A.dout[ih * D + d];
+            ak += ck[i] * A.q[ih * D + d];
+            aq += cq[i] * A.k[ih * D + d];
+          }
+          A.dv[jh * D + d] += av;
+          A.dk[jh * D + d] += ak;
+          A.dq[jh * D + d] += aq;
+        }
+      }
+    });
+    b.sync();
+    mlp_pair_grads(b, m, sm, np, S, chunk, T(0.5), grad);
+    position_grads(b, sm, nI, nJ, A.dpos);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Encoding forward, program `tile` (rows I): s_i = Σ_j φ(rinv_ij), j over the molecule's valid rows, j = i
+// included (rinv = 0).
+template <class T, class Blk>
+GT_BLOCK void encoding_fwd_program(Blk& b, const EncodingArgs<T>& E, int64_t tile, char* smem) {
+  const MlpView<T>& m = E.phi;
+  const int S = mlp_width(m), chunk = E.chunk;
+  Smem<T> sm;
+  carve<T>(smem, &sm, m.n_layers, S, chunk);
+  const int64_t* tl = E.tiles + kTileFields * tile;
+  const int64_t seg_end = tl[3];
+  load_rows(b, tl[0], tl[1], E.valid, E.pos, sm.row_i, sm.pos_i, sm.count);
+  const int nI = sm.count[0];
+  if (nI == 0) return;
+  for (int64_t j0 = tl[2]; j0 < seg_end; j0 += kRows) {
+    const int64_t j1 = j0 + kRows < seg_end ? j0 + kRows : seg_end;
+    load_rows(b, j0, j1, E.valid, E.pos, sm.row_j, sm.pos_j, sm.count + 1);
+    const int nJ = sm.count[1];
+    if (nJ == 0) continue;
+    pair_inputs(b, sm, nI, nJ);
+    mlp_outputs(b, m, sm, nI * nJ, S, chunk);
+    b.for_each_thread([&](int t) {
+      for (int i = t; i < nI; i += b.size()) {
+        T acc = T(0);
+        for (int j = 0; j < nJ; ++j) acc += sm.y[i * nJ + j];
+        E.s[sm.row_i[i]] += acc;
+      }
+    });
+    b.sync();
+  }
+}
+
+// Encoding backward, program `tile` (rows J): pairs (i, j) with upstream ds_i + ds_j; weights with ½.
+template <class T, class Blk>
+GT_BLOCK void encoding_bwd_program(Blk& b, const EncodingArgs<T>& E, int64_t tile, char* smem) {
+  const MlpView<T>& m = E.phi;
+  const int S = mlp_width(m), chunk = E.chunk;
+  Smem<T> sm;
+  carve<T>(smem, &sm, m.n_layers, S, chunk);
+  const int64_t* tl = E.tiles + kTileFields * tile;
+  const int64_t seg_end = tl[3];
+  T* grad = E.grad_partial + tile * m.grad_size;
+  load_rows(b, tl[0], tl[1], E.valid, E.pos, sm.row_j, sm.pos_j, sm.count + 1);
+  const int nJ = sm.count[1];
+  if (nJ == 0) return;
+  for (int64_t i0 = tl[2]; i0 < seg_end; i0 += kRows) {
+    const int64_t i1 = i0 + kRows < seg_end ? i0 + kRows : seg_end;
+    load_rows(b, i0, i1, E.valid, E.pos, sm.row_i, sm.pos_i, sm.count);
+    const int nI = sm.count[0];
+    if (nI == 0) continue;
+    const int np = nI * nJ;
+    pair_inputs(b, sm, nI, nJ);
+    b.for_each_thread([&](int t) {
+      for (int p = t; p < np; p += b.size()) {
+        const int i = p / nJ, j = p - i * nJ;
+        sm.u[p] = E.ds[sm.row_i[i]] + E.ds[sm.row_j[j]];
+      }
+    });
+    b.sync();
+    mlp_pair_grads(b, m, sm, np, S, chunk, T(0.5), grad);
+    position_grads(b, sm, nI, nJ, E.dpos);
+  }
+}
+
+}  // namespace blk
+}  // namespace gt

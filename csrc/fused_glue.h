@@ -1,0 +1,276 @@
+// fused_glue.h — the torch side of the block kernels (cuda/block_kernels.h): checks, dtype handling, the tile
+// table, output allocation, MLP packing and the reduction of the per-program ψ/φ gradients. Shared by the real
+// CUDA launcher (cuda/ops_cuda.cpp) and the host emulation (cpu/cuda_emulation.cpp), so the tests on CPU cover
+// it too. A Launcher provides
+//   static size_t smem_limit(const at::Device&);   bytes of dynamic shared memory one program may use
+//   template <class T> static void attention_fwd(const gt::blk::AttentionArgs<T>&, int64_t tiles, size_t smem,
+//                                                const at::Device&);   likewise attention_bwd, encoding_fwd/bwd
+// float16 / bfloat16 inputs are computed in float32 (loads upcast, float32 accumulation) and cast back.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "cuda/block_kernels.h"
+#include "mlp_pack.h"
+#include "op_checks.h"
+
+namespace gtk {
+namespace glue {
+
+namespace B = gt::blk;
+
+// Tiles of kRows consecutive rows of every segment: int64 [n_tiles][r0, r1, s, e] on `device`.
+inline at::Tensor make_tiles(const at::Tensor& seg_host, const at::Device& device) {
+  const int64_t* s = seg_host.data_ptr<int64_t>();
+  const int64_t nseg = seg_host.numel() - 1;
+  std::vector<int64_t> t;
+  for (int64_t b = 0; b < nseg; ++b) {
+    for (int64_t r0 = s[b]; r0 < s[b + 1]; r0 += B::kRows) {
+      t.insert(t.end(), {r0, std::min(r0 + B::kRows, s[b + 1]), s[b], s[b + 1]});
+    }
+  }
+  const int64_t n = static_cast<int64_t>(t.size()) / B::kTileFields;
+  at::Tensor host = at::empty({n, B::kTileFields}, at::kLong);
+  std::copy(t.begin(), t.end(), host.data_ptr<int64_t>());
+  return device.is_cpu() ? host : host.to(device);
+}
+
+// Pairs per MLP chunk: the largest of 64, 32, ..., 1 whose shared memory fits the launcher's limit.
+template <class T>
+int pick_chunk(int n_layers, int width, size_t limit, size_t* bytes) {
+  for (int chunk = 64; chunk >= 1; chunk /= 2) {
+    *bytes = B::smem_bytes<T>(n_layers, width, chunk);
+    if (*bytes <= limit) return chunk;
+  }
+  TORCH_CHECK(false, "gtkernels: the MLP (", n_layers, " layers, width ", width,
+              ") does not fit the shared memory of one program (", limit, " bytes)");
+  return 0;
+}
+
+// The compute dtype: float16 / bfloat16 run in float32.
+inline at::ScalarType compute_dtype(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+inline std::vector<at::Tensor> cast_all(at::TensorList ts, at::ScalarType dtype) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : ts) out.push_back(t.to(dtype).contiguous());
+  return out;
+}
+
+// The MLP packed for the kernels (host packing, then copied to the device).
+template <class T>
+PackedMlp<T> packed(at::TensorList params, int hidden_act, int out_act, const at::Device& device) {
+  std::vector<at::Tensor> host;
+  for (const auto& p : params) host.push_back(p.detach().cpu());
+  return to_device(pack_mlp<T>(host, hidden_act, out_act), device);
+}
+
+// Σ of the per-program partial gradients [n_tiles, size] (float64 sum), unpacked like `params`.
+template <class T>
+std::vector<at::Tensor> reduce_grad(const gt::MlpView<T>& m, const at::Tensor& partial, at::TensorList params) {
+  at::Tensor flat = partial.sum(0, /*keepdim=*/false, at::kDouble).to(partial.scalar_type());
+  std::vector<at::Tensor> g = unpack_mlp_grad_tensor(m, flat);
+  for (size_t i = 0; i < g.size(); ++i) g[i] = g[i].to(params[i].scalar_type());
+  return g;
+}
+
+template <class T>
+const bool* valid_ptr(const std::optional<at::Tensor>& valid) {
+  return valid.has_value() ? valid->data_ptr<bool>() : nullptr;
+}
+
+// ------------------------------------------------------------------------------------------------- attention
+template <class Launcher, class T>
+std::tuple<at::Tensor, at::Tensor> attention_fwd_t(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                   const at::Tensor& pos, at::TensorList psi, const at::Tensor& tiles,
+                                                   const std::optional<at::Tensor>& valid, double scale) {
+  const at::Device dev = q.device();
+  const int64_t R = q.size(0);
+  const int H = static_cast<int>(q.size(1)), D = static_cast<int>(q.size(2));
+  PackedMlp<T> mlp = packed<T>(psi, gt::kActRelu, gt::kActNone, dev);
+  size_t smem = 0;
+  B::AttentionArgs<T> a{};
+  a.chunk = pick_chunk<T>(mlp.view.n_layers, B::mlp_width(mlp.view), Launcher::smem_limit(dev), &smem);
+  at::Tensor out = at::zeros({R, H, D}, q.options());
+  at::Tensor lse = at::full({R, H}, -std::numeric_limits<double>::infinity(), q.options());
+  at::Tensor lsum = at::zeros({R, H}, q.options());
+  a.q = q.data_ptr<T>();
+  a.k = k.data_ptr<T>();
+  a.v = v.data_ptr<T>();
+  a.pos = pos.data_ptr<double>();
+  a.valid = valid_ptr<T>(valid);
+  a.tiles = tiles.data_ptr<int64_t>();
+  a.H = H;
+  a.D = D;
+  a.scale = static_cast<T>(scale);
+  a.psi = mlp.view;
+  a.out = out.data_ptr<T>();
+  a.lse = lse.data_ptr<T>();
+  a.lsum = lsum.data_ptr<T>();
+  Launcher::template attention_fwd<T>(a, tiles.size(0), smem, dev);
+  return {out, lse};
+}
+
+template <class Launcher>
+std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                 const at::Tensor& pos, at::TensorList psi, const at::Tensor& seg,
+                                                 const std::optional<at::Tensor>& valid, double scale) {
+  const at::Tensor seg_host = check_attention_inputs(q, k, v, pos, psi, seg, valid, /*allow_half=*/true);
+  const at::Tensor tiles = make_tiles(seg_host, q.device());
+  const auto ct = compute_dtype(q.scalar_type());
+  const at::Tensor qc = q.to(ct), kc = k.to(ct), vc = v.to(ct);
+  const std::vector<at::Tensor> psic = cast_all(psi, ct);
+  at::Tensor out, lse;
+  if (ct == at::kDouble) {
+    std::tie(out, lse) = attention_fwd_t<Launcher, double>(qc, kc, vc, pos, psic, tiles, valid, scale);
+  } else {
+    std::tie(out, lse) = attention_fwd_t<Launcher, float>(qc, kc, vc, pos, psic, tiles, valid, scale);
+  }
+  return {out.to(q.scalar_type()), lse};  // lse stays float32 for float16 / bfloat16 inputs
+}
+
+template <class Launcher, class T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> attention_bwd_t(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos,
+    at::TensorList psi, const at::Tensor& tiles, const std::optional<at::Tensor>& valid, double scale,
+    const at::Tensor& out, const at::Tensor& lse) {
+  const at::Device dev = q.device();
+  const int64_t n_tiles = tiles.size(0);
+  PackedMlp<T> mlp = packed<T>(psi, gt::kActRelu, gt::kActNone, dev);
+  size_t smem = 0;
+  B::AttentionArgs<T> a{};
+  a.chunk = pick_chunk<T>(mlp.view.n_layers, B::mlp_width(mlp.view), Launcher::smem_limit(dev), &smem);
+  const at::Tensor dsum = (dout * out).sum(-1).contiguous();  // D_i = Σ_d dO_i·O_i  [R, H]
+  at::Tensor dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
+  at::Tensor dpos = at::zeros_like(pos);
+  at::Tensor partial = at::zeros({n_tiles, mlp.view.grad_size}, q.options());
+  a.q = q.data_ptr<T>();
+  a.k = k.data_ptr<T>();
+  a.v = v.data_ptr<T>();
+  a.pos = pos.data_ptr<double>();
+  a.valid = valid_ptr<T>(valid);
+  a.tiles = tiles.data_ptr<int64_t>();
+  a.H = static_cast<int>(q.size(1));
+  a.D = static_cast<int>(q.size(2));
+  a.scale = static_cast<T>(scale);
+  a.psi = mlp.view;
+  a.dout = dout.data_ptr<T>();
+  a.dsum = dsum.data_ptr<T>();
+  a.lse_in = lse.data_ptr<T>();
+  a.dq = dq.data_ptr<T>();
+  a.dk = dk.data_ptr<T>();
+  a.dv = dv.data_ptr<T>();
+  a.dpos = dpos.data_ptr<double>();
+  a.grad_partial = partial.data_ptr<T>();
+  Launcher::template attention_bwd<T>(a, n_tiles, smem, dev);
+  return {dq, dk, dv, dpos, reduce_grad(mlp.view, partial, psi)};
+}
+
+template <class Launcher>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> attention_bwd(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos,
+    at::TensorList psi, const at::Tensor& seg, const std::optional<at::Tensor>& valid, double scale,
+    const at::Tensor& out, const at::Tensor& lse) {
+  const at::Tensor seg_host = check_attention_inputs(q, k, v, pos, psi, seg, valid, /*allow_half=*/true);
+  const auto ct = compute_dtype(q.scalar_type());
+  check_attention_saved(q, dout, out, lse, ct);
+  const at::Tensor tiles = make_tiles(seg_host, q.device());
+  const at::Tensor qc = q.to(ct), kc = k.to(ct), vc = v.to(ct), dc = dout.to(ct), oc = out.to(ct);
+  const std::vector<at::Tensor> psic = cast_all(psi, ct);
+  at::Tensor dq, dk, dv, dpos;
+  std::vector<at::Tensor> dpsi;
+  if (ct == at::kDouble) {
+    std::tie(dq, dk, dv, dpos, dpsi) =
+        attention_bwd_t<Launcher, double>(dc, qc, kc, vc, pos, psic, tiles, valid, scale, oc, lse);
+  } else {
+    std::tie(dq, dk, dv, dpos, dpsi) =
+        attention_bwd_t<Launcher, float>(dc, qc, kc, vc, pos, psic, tiles, valid, scale, oc, lse);
+  }
+  for (size_t i = 0; i < dpsi.size(); ++i) dpsi[i] = dpsi[i].to(psi[i].scalar_type());
+  const auto dt = q.scalar_type();
+  return {dq.to(dt), dk.to(dt), dv.to(dt), dpos, dpsi};
+}
+
+// -------------------------------------------------------------------------------------------------- encoding
+template <class Launcher, class T>
+at::Tensor encoding_fwd_t(const at::Tensor& pos, at::TensorList phi, const at::Tensor& tiles,
+                          const std::optional<at::Tensor>& valid) {
+  const at::Device dev = pos.device();
+  PackedMlp<T> mlp = packed<T>(phi, gt::kActGelu, gt::kActGelu, dev);
+  size_t smem = 0;
+  B::EncodingArgs<T> e{};
+  e.chunk = pick_chunk<T>(mlp.view.n_layers, B::mlp_width(mlp.view), Launcher::smem_limit(dev), &smem);
+  at::Tensor s = at::zeros({pos.size(0)}, phi[0].options());
+  e.pos = pos.data_ptr<double>();
+  e.valid = valid_ptr<T>(valid);
+  e.tiles = tiles.data_ptr<int64_t>();
+  e.phi = mlp.view;
+  e.s = s.data_ptr<T>();
+  Launcher::template encoding_fwd<T>(e, tiles.size(0), smem, dev);
+  return s;
+}
+
+template <class Launcher>
+at::Tensor encoding_fwd(const at::Tensor& pos, at::TensorList phi, const at::Tensor& seg,
+                        const std::optional<at::Tensor>& valid) {
+  const at::Tensor seg_host = check_encoding_inputs(pos, phi, seg, valid, /*allow_half=*/true);
+  const at::Tensor tiles = make_tiles(seg_host, pos.device());
+  const auto dt = phi[0].scalar_type();
+  const std::vector<at::Tensor> phic = cast_all(phi, compute_dtype(dt));
+  const at::Tensor s = compute_dtype(dt) == at::kDouble ? encoding_fwd_t<Launcher, double>(pos, phic, tiles, valid)
+                                                        : encoding_fwd_t<Launcher, float>(pos, phic, tiles, valid);
+  return s.to(dt);
+}
+
+template <class Launcher, class T>
+std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd_t(const at::Tensor& ds, const at::Tensor& pos,
+                                                               at::TensorList phi, const at::Tensor& tiles,
+                                                               const std::optional<at::Tensor>& valid) {
+  const at::Device dev = pos.device();
+  const int64_t n_tiles = tiles.size(0);
+  PackedMlp<T> mlp = packed<T>(phi, gt::kActGelu, gt::kActGelu, dev);
+  size_t smem = 0;
+  B::EncodingArgs<T> e{};
+  e.chunk = pick_chunk<T>(mlp.view.n_layers, B::mlp_width(mlp.view), Launcher::smem_limit(dev), &smem);
+  at::Tensor dpos = at::zeros_like(pos);
+  at::Tensor partial = at::zeros({n_tiles, mlp.view.grad_size}, ds.options());
+  e.pos = pos.data_ptr<double>();
+  e.valid = valid_ptr<T>(valid);
+  e.tiles = tiles.data_ptr<int64_t>();
+  e.phi = mlp.view;
+  e.ds = ds.data_ptr<T>();
+  e.dpos = dpos.data_ptr<double>();
+  e.grad_partial = partial.data_ptr<T>();
+  Launcher::template encoding_bwd<T>(e, n_tiles, smem, dev);
+  return {dpos, reduce_grad(mlp.view, partial, phi)};
+}
+
+template <class Launcher>
+std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd(const at::Tensor& ds, const at::Tensor& pos,
+                                                             at::TensorList phi, const at::Tensor& seg,
+                                                             const std::optional<at::Tensor>& valid) {
+  const at::Tensor seg_host = check_encoding_inputs(pos, phi, seg, valid, /*allow_half=*/true);
+  const auto dt = phi[0].scalar_type();
+  check_encoding_upstream(ds, pos, dt);
+  const at::Tensor tiles = make_tiles(seg_host, pos.device());
+  const auto ct = compute_dtype(dt);
+  const std::vector<at::Tensor> phic = cast_all(phi, ct);
+  const at::Tensor dsc = ds.to(ct).contiguous();
+  at::Tensor dpos;
+  std::vector<at::Tensor> dphi;
+  if (ct == at::kDouble) {
+    std::tie(dpos, dphi) = encoding_bwd_t<Launcher, double>(dsc, pos, phic, tiles, valid);
+  } else {
+    std::tie(dpos, dphi) = encoding_bwd_t<Launcher, float>(dsc, pos, phic, tiles, valid);
+  }
+  for (size_t i = 0; i < dphi.size(); ++i) dphi[i] = dphi[i].to(phi[i].scalar_type());
+  return {dpos, dphi};
+}
+
+}  // namespace glue
+}  // namespace gtk
