@@ -192,9 +192,9 @@ template <class T, class Blk>
 GT_BLOCK void mlp_forward_tile(Blk& b, const MlpView<T>& m, const T* x, int n, T* z, T* a, int S, int chunk) {
   const int L = m.n_layers;
   for (int l = 0; l < L; ++l) {
-    const int no = m.out[l], ni = m.in[l], ldin = m.ldin[l];
+    const int no = m.out[l], ni = m.in[l], ld = m.ld[l];
     const int act = (l < L - 1) ? m.hidden_act : m.out_act;
-    const T* W = m.w[l];
+    const T* wt = m.wt[l];  // Wᵀ [in][ld]: neighbouring threads (outputs o) read neighbouring weights
     const T* bias = m.b[l];
     T* zl = z + static_cast<size_t>(l) * chunk * S;
     T* al = a + static_cast<size_t>(l) * chunk * S;
@@ -204,11 +204,10 @@ GT_BLOCK void mlp_forward_tile(Blk& b, const MlpView<T>& m, const T* x, int n, T
         const int p = it / no, o = it - p * no;
         T acc = bias[o];
         if (l == 0) {
-          acc += x[p] * W[o];
+          acc += x[p] * wt[o];
         } else {
           const T* ar = ap + p * S;
-          const T* wr = W + static_cast<size_t>(o) * ldin;
-          for (int i = 0; i < ni; ++i) acc += ar[i] * wr[i];
+          for (int i = 0; i < ni; ++i) acc += ar[i] * wt[static_cast<size_t>(i) * ld + o];
         }
         zl[p * S + o] = acc;
         al[p * S + o] = activate(act, acc);
@@ -238,7 +237,8 @@ GT_BLOCK void mlp_backward_tile(Blk& b, const MlpView<T>& m, const T* x, int n, 
     T* gbias = grad + m.gb[l];
     const T* ap = a + static_cast<size_t>(l > 0 ? l - 1 : 0) * tile;
     const T* zp = z + static_cast<size_t>(l > 0 ? l - 1 : 0) * tile;
-    const T* wt = m.wt[l];
+    const T* w = m.w[l];      // W [out][ldin]: neighbouring threads (inputs i) read neighbouring weights
+    const int ldin = m.ldin[l];
     b.for_each_thread([&](int t) {
       // dWᵀ[i][o] += wscale·Σ_p dz_l[p][o]·a_{l−1}[p][i] (a_{−1} = x); db[o] += wscale·Σ_p dz_l[p][o]
       for (int it = t; it < (ni + 1) * no; it += b.size()) {
@@ -256,15 +256,14 @@ GT_BLOCK void mlp_backward_tile(Blk& b, const MlpView<T>& m, const T* x, int n, 
         // dz_{l−1}[p][i] = (Σ_o dz_l[p][o]·W_l[o][i])·act'(z_{l−1}[p][i])
         for (int it = t; it < n * ni; it += b.size()) {
           const int p = it / ni, i = it - p * ni;
-          const T* wr = wt + static_cast<size_t>(i) * ld;
           T acc = T(0);
-          for (int o = 0; o < no; ++o) acc += cur[p * S + o] * wr[o];
+          for (int o = 0; o < no; ++o) acc += cur[p * S + o] * w[static_cast<size_t>(o) * ldin + i];
           prev[p * S + i] = acc * activate_grad(m.hidden_act, zp[p * S + i]);
         }
       } else {
         for (int p = t; p < n; p += b.size()) {
           T acc = T(0);
-          for (int o = 0; o < no; ++o) acc += cur[p * S + o] * wt[o];
+          for (int o = 0; o < no; ++o) acc += cur[p * S + o] * w[o];  // layer 0: in = 1, W[o][0]
           dx[p] = acc;
         }
       }
