@@ -39,12 +39,17 @@ inline at::Tensor make_tiles(const at::Tensor& seg_host, const at::Device& devic
   return device.is_cpu() ? host : host.to(device);
 }
 
-// Pairs per MLP chunk: the largest of 64, 32, ..., 1 whose shared memory fits the launcher's limit.
+// Pairs per MLP chunk: the largest of 64, 32, ..., 1 whose shared memory stays within kSmemTarget (so that two
+// programs fit on one SM; a guess until measured on a GPU), else within the launcher's hard limit.
+constexpr size_t kSmemTarget = 100 * 1024;
+
 template <class T>
 int pick_chunk(int n_layers, int width, size_t limit, size_t* bytes) {
-  for (int chunk = 64; chunk >= 1; chunk /= 2) {
-    *bytes = B::smem_bytes<T>(n_layers, width, chunk);
-    if (*bytes <= limit) return chunk;
+  for (const size_t budget : {std::min(limit, kSmemTarget), limit}) {
+    for (int chunk = 64; chunk >= 1; chunk /= 2) {
+      *bytes = B::smem_bytes<T>(n_layers, width, chunk);
+      if (*bytes <= budget) return chunk;
+    }
   }
   TORCH_CHECK(false, "gtkernels: the MLP (", n_layers, " layers, width ", width,
               ") does not fit the shared memory of one program (", limit, " bytes)");

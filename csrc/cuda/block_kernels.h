@@ -22,11 +22,12 @@
 //                       heads, back through ψω (dψ = 2ψ·dg) to rinv and to the positions of J. Every output row
 //                       is written by one program and one thread only: no atomics, deterministic.
 //                       The ψω weight gradients go to the program's own partial buffer (summed by the glue);
-//                       each unordered pair is seen by both of its programs, so they are added with weight ½
-//                       (exact: g_ij = g_ji).
+//                       a pair of two different tiles is seen by both of their programs, so it is added with
+//                       weight ½ (exact: g_ij = g_ji); a pair within one tile is listed once (below).
 //   encoding          : s_i = Σ_j φ(rinv_ij) over valid j including i (rinv_ii = 0); backward with upstream
 //                       ds_i + ds_j per pair (again ½ for the weights).
-// Nothing N×N is written to global memory: pair tiles live in shared memory.
+// On a diagonal tile (I = J: a whole QM9 molecule) ψω/φ runs once per unordered pair and is mirrored, forward
+// and backward. Nothing N×N is written to global memory: pair tiles live in shared memory.
 #pragma once
 
 #include "../pair_math.h"
@@ -43,6 +44,7 @@ namespace blk {
 constexpr int kRows = 32;      // rows per tile (queries and keys); QM9 molecules (≤ 29 atoms) are one tile
 constexpr int kThreads = 128;  // threads per program
 constexpr int kTileFields = 4;  // a tile: r0, r1, s, e (int64)
+static_assert(kRows <= 256, "pair lists store row indices as uint8");
 
 // ---------------------------------------------------------------------------------------------------------
 // Shared-memory layout. Every program carves the same buffer; the glue sizes it with smem_bytes().
@@ -53,10 +55,14 @@ struct Smem {
   int64_t* row_i;   // [kRows] global row index of the valid rows of tile I
   int64_t* row_j;   // [kRows]
   int* count;       // [2] number of valid rows in I and J
-  T* x;             // [kRows²] rinv of each pair (0 for masked pairs)
-  T* y;             // [kRows²] ψ / φ output of each pair
-  T* u;             // [kRows²] upstream gradient of each pair's MLP output (backward)
-  T* dx;            // [kRows²] d/d rinv of each pair (backward)
+  uint8_t* pa;      // [kRows²] pair list of the tile: row pa[p] of I, row pb[p] of J
+  uint8_t* pb;
+  T* x;             // [kRows²] rinv of each listed pair (0 for i = j)
+  T* yc;            // [kRows²] ψ / φ output of each listed pair
+  T* u;             // [kRows²] upstream gradient of each listed pair's MLP output (backward)
+  T* dxc;           // [kRows²] d/d rinv of each listed pair (backward)
+  T* y;             // [kRows][kRows] ψ / φ output of every (i, j) of the tile (the list, mirrored)
+  T* dx;            // [kRows][kRows] d/d rinv of every (i, j) (backward)
   T* z;             // [L][chunk][S] pre-activations of a chunk of pairs
   T* a;             // [L][chunk][S] activations
   T* dz;            // [2][chunk][S] backward ping-pong
@@ -82,9 +88,13 @@ GT_HD inline size_t carve(char* base, Smem<T>* sm, int n_layers, int width, int 
   s.row_i = reinterpret_cast<int64_t*>(take(sizeof(int64_t) * kRows));
   s.row_j = reinterpret_cast<int64_t*>(take(sizeof(int64_t) * kRows));
   s.count = reinterpret_cast<int*>(take(sizeof(int) * 2));
+  s.pa = reinterpret_cast<uint8_t*>(take(pairs));
+  s.pb = reinterpret_cast<uint8_t*>(take(pairs));
   s.x = reinterpret_cast<T*>(take(sizeof(T) * pairs));
-  s.y = reinterpret_cast<T*>(take(sizeof(T) * pairs));
+  s.yc = reinterpret_cast<T*>(take(sizeof(T) * pairs));
   s.u = reinterpret_cast<T*>(take(sizeof(T) * pairs));
+  s.dxc = reinterpret_cast<T*>(take(sizeof(T) * pairs));
+  s.y = reinterpret_cast<T*>(take(sizeof(T) * pairs));
   s.dx = reinterpret_cast<T*>(take(sizeof(T) * pairs));
   s.z = reinterpret_cast<T*>(take(sizeof(T) * n_layers * tile));
   s.a = reinterpret_cast<T*>(take(sizeof(T) * n_layers * tile));
@@ -172,14 +182,44 @@ GT_BLOCK void load_rows(Blk& b, int64_t r0, int64_t r1, const bool* valid, const
   b.sync();
 }
 
-// Pair inputs of the tile I × J (pair p = i·nJ + j): rinv_ij, and 0 for i = j (the encoding's self term; the
-// attention masks that pair by row equality).
+// The pair list of the tile I × J: pa/pb and the MLP inputs x (rinv; 0 for i = j); returns its length.
+// Off-diagonal tiles list every (i, j) as p = i·nJ + j. A diagonal tile (I = J) lists each unordered pair once,
+// i < j, plus (i, i) when with_self (the encoding's self term): g_ij = g_ji, so ψ/φ is evaluated once per pair
+// and mirrored (expand). Index of (i, j) in the triangle of n rows: row i starts at i(2n − i − 1)/2 (i < j) or
+// i(2n − i + 1)/2 (i ≤ j).
+GT_HD inline int tri_index(int i, int j, int n, bool with_self) {
+  return with_self ? i * (2 * n - i + 1) / 2 + (j - i) : i * (2 * n - i - 1) / 2 + (j - i - 1);
+}
+
 template <class T, class Blk>
-GT_BLOCK void pair_inputs(Blk& b, const Smem<T>& sm, int nI, int nJ) {
+GT_BLOCK int pair_list(Blk& b, const Smem<T>& sm, int nI, int nJ, bool diagonal, bool with_self) {
   b.for_each_thread([&](int t) {
-    for (int p = t; p < nI * nJ; p += b.size()) {
-      const int i = p / nJ, j = p - i * nJ;
-      sm.x[p] = sm.row_i[i] == sm.row_j[j] ? T(0) : inverse_distance<T>(sm.pos_i + 3 * i, sm.pos_j + 3 * j);
+    for (int q = t; q < nI * nJ; q += b.size()) {
+      const int i = q / nJ, j = q - i * nJ;
+      if (diagonal && (with_self ? i > j : i >= j)) continue;
+      const int p = diagonal ? tri_index(i, j, nI, with_self) : q;
+      sm.pa[p] = static_cast<uint8_t>(i);
+      sm.pb[p] = static_cast<uint8_t>(j);
+      sm.x[p] = (diagonal && i == j) ? T(0) : inverse_distance<T>(sm.pos_i + 3 * i, sm.pos_j + 3 * j);
+    }
+  });
+  b.sync();
+  return !diagonal ? nI * nJ : (with_self ? nI * (nI + 1) / 2 : nI * (nI - 1) / 2);
+}
+
+// dst[i·nJ + j] = the listed value of the pair {i, j} (mirrored on a diagonal tile; 0 for an unlisted i = j).
+template <class T, class Blk>
+GT_BLOCK void expand(Blk& b, const T* src, T* dst, int nI, int nJ, bool diagonal, bool with_self) {
+  b.for_each_thread([&](int t) {
+    for (int q = t; q < nI * nJ; q += b.size()) {
+      const int i = q / nJ, j = q - i * nJ;
+      if (!diagonal) {
+        dst[q] = src[q];
+      } else if (i == j && !with_self) {
+        dst[q] = T(0);
+      } else {
+        dst[q] = src[i <= j ? tri_index(i, j, nI, with_self) : tri_index(j, i, nI, with_self)];
+      }
     }
   });
   b.sync();
@@ -275,7 +315,7 @@ GT_BLOCK void mlp_backward_tile(Blk& b, const MlpView<T>& m, const T* x, int n, 
   }
 }
 
-// MLP outputs y[p] of the pairs [0, np) of the tile, chunk by chunk.
+// MLP outputs yc[p] of the listed pairs [0, np), chunk by chunk.
 template <class T, class Blk>
 GT_BLOCK void mlp_outputs(Blk& b, const MlpView<T>& m, const Smem<T>& sm, int np, int S, int chunk) {
   const size_t last = static_cast<size_t>(m.n_layers - 1) * chunk * S;
@@ -283,20 +323,21 @@ GT_BLOCK void mlp_outputs(Blk& b, const MlpView<T>& m, const Smem<T>& sm, int np
     const int n = np - c0 < chunk ? np - c0 : chunk;
     mlp_forward_tile(b, m, sm.x + c0, n, sm.z, sm.a, S, chunk);
     b.for_each_thread([&](int t) {
-      for (int p = t; p < n; p += b.size()) sm.y[c0 + p] = sm.a[last + p * S];
+      for (int p = t; p < n; p += b.size()) sm.yc[c0 + p] = sm.a[last + p * S];
     });
     b.sync();
   }
 }
 
-// Backward through the MLP of the pairs [0, np): upstream sm.u, result sm.dx; weights with factor wscale.
+// Backward through the MLP of the listed pairs [0, np): upstream sm.u, result sm.dxc; weights with factor
+// wscale (½ on off-diagonal tiles, whose pairs the other program of the pair of tiles sees too).
 template <class T, class Blk>
 GT_BLOCK void mlp_pair_grads(Blk& b, const MlpView<T>& m, const Smem<T>& sm, int np, int S, int chunk, T wscale,
                              T* grad) {
   for (int c0 = 0; c0 < np; c0 += chunk) {
     const int n = np - c0 < chunk ? np - c0 : chunk;
     mlp_forward_tile(b, m, sm.x + c0, n, sm.z, sm.a, S, chunk);  // recompute the activations
-    mlp_backward_tile(b, m, sm.x + c0, n, sm.z, sm.a, S, chunk, sm.u + c0, wscale, grad, sm.dz, sm.dx + c0);
+    mlp_backward_tile(b, m, sm.x + c0, n, sm.z, sm.a, S, chunk, sm.u + c0, wscale, grad, sm.dz, sm.dxc + c0);
   }
 }
 
@@ -349,8 +390,10 @@ GT_BLOCK void attention_fwd_program(Blk& b, const AttentionArgs<T>& A, int64_t t
     load_rows(b, j0, j1, A.valid, A.pos, sm.row_j, sm.pos_j, sm.count + 1);
     const int nJ = sm.count[1];
     if (nJ == 0) continue;
-    pair_inputs(b, sm, nI, nJ);
-    mlp_outputs(b, m, sm, nI * nJ, S, chunk);
+    const bool diagonal = j0 == tl[0];
+    const int np = pair_list(b, sm, nI, nJ, diagonal, false);
+    mlp_outputs(b, m, sm, np, S, chunk);
+    expand(b, sm.yc, sm.y, nI, nJ, diagonal, false);
     // Online softmax over this key tile, one thread per (query, head); heads fastest (coalesced q/k/v).
     b.for_each_thread([&](int t) {
       for (int it = t; it < nI * H; it += b.size()) {
@@ -423,14 +466,14 @@ GT_BLOCK void attention_bwd_program(Blk& b, const AttentionArgs<T>& A, int64_t t
     load_rows(b, i0, i1, A.valid, A.pos, sm.row_i, sm.pos_i, sm.count);
     const int nI = sm.count[0];
     if (nI == 0) continue;
-    const int np = nI * nJ;
-    pair_inputs(b, sm, nI, nJ);
+    const bool diagonal = i0 == tl[0];
+    const int np = pair_list(b, sm, nI, nJ, diagonal, false);
     mlp_outputs(b, m, sm, np, S, chunk);
+    expand(b, sm.yc, sm.y, nI, nJ, diagonal, false);
     b.for_each_thread([&](int t) {
-      // dψ_ij = 2ψ_ij·(dg_ij + dg_ji), dg_ij = Σ_h P_ij·(dO_i·V_j): one thread per pair, heads in order.
+      // dψ_ij = 2ψ_ij·(dg_ij + dg_ji), dg_ij = Σ_h P_ij·(dO_i·V_j): one thread per listed pair, heads in order.
       for (int p = t; p < np; p += b.size()) {
-        const int i = p / nJ, j = p - i * nJ;
-        const int64_t ri = sm.row_i[i], rj = sm.row_j[j];
+        const int64_t ri = sm.row_i[sm.pa[p]], rj = sm.row_j[sm.pb[p]];
         T dg = T(0);
         if (ri != rj) {
           for (int h = 0; h < H; ++h) {
@@ -440,7 +483,7 @@ GT_BLOCK void attention_bwd_program(Blk& b, const AttentionArgs<T>& A, int64_t t
             dg += pij * dot(A.dout + ih * D, A.v + jh * D, D) + pji * dot(A.dout + jh * D, A.v + ih * D, D);
           }
         }
-        sm.u[p] = T(2) * sm.y[p] * dg;
+        sm.u[p] = T(2) * sm.yc[p] * dg;
       }
       // dV_j += Σ_i P_ij g_ij dO_i, dK_j += scale Σ_i dS_ij Q_i, dQ_j += scale Σ_i dS_ji K_i: one thread per
       // (row j, head), coefficients per i first, then one read-modify-write per output element.
@@ -480,7 +523,8 @@ GT_BLOCK void attention_bwd_program(Blk& b, const AttentionArgs<T>& A, int64_t t
       }
     });
     b.sync();
-    mlp_pair_grads(b, m, sm, np, S, chunk, T(0.5), grad);
+    mlp_pair_grads(b, m, sm, np, S, chunk, diagonal ? T(1) : T(0.5), grad);
+    expand(b, sm.dxc, sm.dx, nI, nJ, diagonal, false);
     position_grads(b, sm, nI, nJ, A.dpos);
   }
 }
@@ -504,8 +548,10 @@ GT_BLOCK void encoding_fwd_program(Blk& b, const EncodingArgs<T>& E, int64_t til
     load_rows(b, j0, j1, E.valid, E.pos, sm.row_j, sm.pos_j, sm.count + 1);
     const int nJ = sm.count[1];
     if (nJ == 0) continue;
-    pair_inputs(b, sm, nI, nJ);
-    mlp_outputs(b, m, sm, nI * nJ, S, chunk);
+    const bool diagonal = j0 == tl[0];
+    const int np = pair_list(b, sm, nI, nJ, diagonal, true);
+    mlp_outputs(b, m, sm, np, S, chunk);
+    expand(b, sm.yc, sm.y, nI, nJ, diagonal, true);
     b.for_each_thread([&](int t) {
       for (int i = t; i < nI; i += b.size()) {
         T acc = T(0);
@@ -535,16 +581,18 @@ GT_BLOCK void encoding_bwd_program(Blk& b, const EncodingArgs<T>& E, int64_t til
     load_rows(b, i0, i1, E.valid, E.pos, sm.row_i, sm.pos_i, sm.count);
     const int nI = sm.count[0];
     if (nI == 0) continue;
-    const int np = nI * nJ;
-    pair_inputs(b, sm, nI, nJ);
+    const bool diagonal = i0 == tl[0];
+    const int np = pair_list(b, sm, nI, nJ, diagonal, true);
     b.for_each_thread([&](int t) {
+      // φ(rinv_ij) is in s_i and in s_j (once in s_i for the self term i = j)
       for (int p = t; p < np; p += b.size()) {
-        const int i = p / nJ, j = p - i * nJ;
-        sm.u[p] = E.ds[sm.row_i[i]] + E.ds[sm.row_j[j]];
+        const T dsi = E.ds[sm.row_i[sm.pa[p]]];
+        sm.u[p] = (diagonal && sm.pa[p] == sm.pb[p]) ? dsi : dsi + E.ds[sm.row_j[sm.pb[p]]];
       }
     });
     b.sync();
-    mlp_pair_grads(b, m, sm, np, S, chunk, T(0.5), grad);
+    mlp_pair_grads(b, m, sm, np, S, chunk, diagonal ? T(1) : T(0.5), grad);
+    expand(b, sm.dxc, sm.dx, nI, nJ, diagonal, true);
     position_grads(b, sm, nI, nJ, E.dpos);
   }
 }
