@@ -9,7 +9,14 @@ from gtkernels.models import PRESETS, GeometricTransformer
 from conftest import requires_cpu
 from helpers import qm9_molecules, rel_err
 
-BACKENDS = ["reference", pytest.param("cpu", marks=requires_cpu)]
+# "cuda": on CUDA tensors with a GPU; here its kernels' host emulation on CPU tensors (fixture below)
+BACKENDS = ["reference", pytest.param("cpu", marks=requires_cpu), pytest.param("cuda", marks=requires_cpu)]
+
+
+@pytest.fixture(autouse=True)
+def _emulate_cuda_kernels(monkeypatch):
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("GTKERNELS_CUDA_EMULATE", "1")
 
 
 def _pair(backend, dtype=torch.float64, **kw):
