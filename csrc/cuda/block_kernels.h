@@ -43,6 +43,8 @@ namespace blk {
 
 constexpr int kRows = 32;      // rows per tile (queries and keys); QM9 molecules (≤ 29 atoms) are one tile
 constexpr int kThreads = 128;  // threads per program
+constexpr int kMinPrograms = 2;  // programs per SM the kernels are compiled for (__launch_bounds__), as the
+                                 // glue's shared-memory target; without it ptxas spills at ~50 registers
 constexpr int kTileFields = 4;  // a tile: r0, r1, s, e (int64)
 static_assert(kRows <= 256, "pair lists store row indices as uint8");
 
@@ -372,6 +374,31 @@ GT_HD inline T dot(const T* a, const T* b, int n) {
   return acc;
 }
 
+// The loop of every program: load its own tile's valid rows (as I when own_is_i — queries, encoded atoms — else
+// as J), then each tile of the molecule as the partner, build the pair list, and run
+// body(nI, nJ, diagonal, np) on every non-empty pair of tiles. Nothing runs when the own tile has no valid row.
+template <class T, class Blk, class Body>
+GT_BLOCK void over_partner_tiles(Blk& b, const Smem<T>& sm, const int64_t* tl, const bool* valid, const double* pos,
+                                 bool own_is_i, bool with_self, Body&& body) {
+  int64_t* own_row = own_is_i ? sm.row_i : sm.row_j;
+  int64_t* part_row = own_is_i ? sm.row_j : sm.row_i;
+  double* own_pos = own_is_i ? sm.pos_i : sm.pos_j;
+  double* part_pos = own_is_i ? sm.pos_j : sm.pos_i;
+  int* own_count = sm.count + (own_is_i ? 0 : 1);
+  int* part_count = sm.count + (own_is_i ? 1 : 0);
+  load_rows(b, tl[0], tl[1], valid, pos, own_row, own_pos, own_count);
+  const int n_own = *own_count;
+  if (n_own == 0) return;
+  for (int64_t p0 = tl[2]; p0 < tl[3]; p0 += kRows) {
+    load_rows(b, p0, p0 + kRows < tl[3] ? p0 + kRows : tl[3], valid, pos, part_row, part_pos, part_count);
+    const int n_part = *part_count;
+    if (n_part == 0) continue;
+    const bool diagonal = p0 == tl[0];
+    const int nI = own_is_i ? n_own : n_part, nJ = own_is_i ? n_part : n_own;
+    body(nI, nJ, diagonal, pair_list(b, sm, nI, nJ, diagonal, with_self));
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Attention forward, program `tile`.
 template <class T, class Blk>
@@ -380,18 +407,8 @@ GT_BLOCK void attention_fwd_program(Blk& b, const AttentionArgs<T>& A, int64_t t
   const int S = mlp_width(m), chunk = A.chunk, H = A.H, D = A.D;
   Smem<T> sm;
   carve<T>(smem, &sm, m.n_layers, S, chunk);
-  const int64_t* tl = A.tiles + kTileFields * tile;
-  const int64_t seg_end = tl[3];
-  load_rows(b, tl[0], tl[1], A.valid, A.pos, sm.row_i, sm.pos_i, sm.count);
-  const int nI = sm.count[0];
-  if (nI == 0) return;
-  for (int64_t j0 = tl[2]; j0 < seg_end; j0 += kRows) {
-    const int64_t j1 = j0 + kRows < seg_end ? j0 + kRows : seg_end;
-    load_rows(b, j0, j1, A.valid, A.pos, sm.row_j, sm.pos_j, sm.count + 1);
-    const int nJ = sm.count[1];
-    if (nJ == 0) continue;
-    const bool diagonal = j0 == tl[0];
-    const int np = pair_list(b, sm, nI, nJ, diagonal, false);
+  over_partner_tiles(b, sm, A.tiles + kTileFields * tile, A.valid, A.pos, true, false,
+                     [&](int nI, int nJ, bool diagonal, int np) {
     mlp_outputs(b, m, sm, np, S, chunk);
     expand(b, sm.yc, sm.y, nI, nJ, diagonal, false);
     // Online softmax over this key tile, one thread per (query, head); heads fastest (coalesced q/k/v).
@@ -432,8 +449,9 @@ GT_BLOCK void attention_fwd_program(Blk& b, const AttentionArgs<T>& A, int64_t t
       }
     });
     b.sync();
-  }
+  });
   // O = numerator / l, lse = m + log l; a row with no key keeps O = 0, lse = −inf.
+  const int nI = sm.count[0];
   b.for_each_thread([&](int t) {
     for (int it = t; it < nI * H; it += b.size()) {
       const int i = it / H, h = it - i * H;
@@ -455,19 +473,9 @@ GT_BLOCK void attention_bwd_program(Blk& b, const AttentionArgs<T>& A, int64_t t
   const int S = mlp_width(m), chunk = A.chunk, H = A.H, D = A.D;
   Smem<T> sm;
   carve<T>(smem, &sm, m.n_layers, S, chunk);
-  const int64_t* tl = A.tiles + kTileFields * tile;
-  const int64_t seg_end = tl[3];
   T* grad = A.grad_partial + tile * m.grad_size;
-  load_rows(b, tl[0], tl[1], A.valid, A.pos, sm.row_j, sm.pos_j, sm.count + 1);
-  const int nJ = sm.count[1];
-  if (nJ == 0) return;
-  for (int64_t i0 = tl[2]; i0 < seg_end; i0 += kRows) {
-    const int64_t i1 = i0 + kRows < seg_end ? i0 + kRows : seg_end;
-    load_rows(b, i0, i1, A.valid, A.pos, sm.row_i, sm.pos_i, sm.count);
-    const int nI = sm.count[0];
-    if (nI == 0) continue;
-    const bool diagonal = i0 == tl[0];
-    const int np = pair_list(b, sm, nI, nJ, diagonal, false);
+  over_partner_tiles(b, sm, A.tiles + kTileFields * tile, A.valid, A.pos, false, false,
+                     [&](int nI, int nJ, bool diagonal, int np) {
     mlp_outputs(b, m, sm, np, S, chunk);
     expand(b, sm.yc, sm.y, nI, nJ, diagonal, false);
     b.for_each_thread([&](int t) {
@@ -526,7 +534,7 @@ GT_BLOCK void attention_bwd_program(Blk& b, const AttentionArgs<T>& A, int64_t t
     mlp_pair_grads(b, m, sm, np, S, chunk, diagonal ? T(1) : T(0.5), grad);
     expand(b, sm.dxc, sm.dx, nI, nJ, diagonal, false);
     position_grads(b, sm, nI, nJ, A.dpos);
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -538,18 +546,8 @@ GT_BLOCK void encoding_fwd_program(Blk& b, const EncodingArgs<T>& E, int64_t til
   const int S = mlp_width(m), chunk = E.chunk;
   Smem<T> sm;
   carve<T>(smem, &sm, m.n_layers, S, chunk);
-  const int64_t* tl = E.tiles + kTileFields * tile;
-  const int64_t seg_end = tl[3];
-  load_rows(b, tl[0], tl[1], E.valid, E.pos, sm.row_i, sm.pos_i, sm.count);
-  const int nI = sm.count[0];
-  if (nI == 0) return;
-  for (int64_t j0 = tl[2]; j0 < seg_end; j0 += kRows) {
-    const int64_t j1 = j0 + kRows < seg_end ? j0 + kRows : seg_end;
-    load_rows(b, j0, j1, E.valid, E.pos, sm.row_j, sm.pos_j, sm.count + 1);
-    const int nJ = sm.count[1];
-    if (nJ == 0) continue;
-    const bool diagonal = j0 == tl[0];
-    const int np = pair_list(b, sm, nI, nJ, diagonal, true);
+  over_partner_tiles(b, sm, E.tiles + kTileFields * tile, E.valid, E.pos, true, true,
+                     [&](int nI, int nJ, bool diagonal, int np) {
     mlp_outputs(b, m, sm, np, S, chunk);
     expand(b, sm.yc, sm.y, nI, nJ, diagonal, true);
     b.for_each_thread([&](int t) {
@@ -560,7 +558,7 @@ GT_BLOCK void encoding_fwd_program(Blk& b, const EncodingArgs<T>& E, int64_t til
       }
     });
     b.sync();
-  }
+  });
 }
 
 // Encoding backward, program `tile` (rows J): pairs (i, j) with upstream ds_i + ds_j; weights with ½.
@@ -570,19 +568,9 @@ GT_BLOCK void encoding_bwd_program(Blk& b, const EncodingArgs<T>& E, int64_t til
   const int S = mlp_width(m), chunk = E.chunk;
   Smem<T> sm;
   carve<T>(smem, &sm, m.n_layers, S, chunk);
-  const int64_t* tl = E.tiles + kTileFields * tile;
-  const int64_t seg_end = tl[3];
   T* grad = E.grad_partial + tile * m.grad_size;
-  load_rows(b, tl[0], tl[1], E.valid, E.pos, sm.row_j, sm.pos_j, sm.count + 1);
-  const int nJ = sm.count[1];
-  if (nJ == 0) return;
-  for (int64_t i0 = tl[2]; i0 < seg_end; i0 += kRows) {
-    const int64_t i1 = i0 + kRows < seg_end ? i0 + kRows : seg_end;
-    load_rows(b, i0, i1, E.valid, E.pos, sm.row_i, sm.pos_i, sm.count);
-    const int nI = sm.count[0];
-    if (nI == 0) continue;
-    const bool diagonal = i0 == tl[0];
-    const int np = pair_list(b, sm, nI, nJ, diagonal, true);
+  over_partner_tiles(b, sm, E.tiles + kTileFields * tile, E.valid, E.pos, false, true,
+                     [&](int nI, int nJ, bool diagonal, int np) {
     b.for_each_thread([&](int t) {
       // φ(rinv_ij) is in s_i and in s_j (once in s_i for the self term i = j)
       for (int p = t; p < np; p += b.size()) {
@@ -594,7 +582,7 @@ GT_BLOCK void encoding_bwd_program(Blk& b, const EncodingArgs<T>& E, int64_t til
     mlp_pair_grads(b, m, sm, np, S, chunk, diagonal ? T(1) : T(0.5), grad);
     expand(b, sm.dxc, sm.dx, nI, nJ, diagonal, true);
     position_grads(b, sm, nI, nJ, E.dpos);
-  }
+  });
 }
 
 }  // namespace blk
