@@ -90,30 +90,38 @@ const bool* valid_ptr(const std::optional<at::Tensor>& valid) {
 }
 
 // ------------------------------------------------------------------------------------------------- attention
-template <class Launcher, class T>
-std::tuple<at::Tensor, at::Tensor> attention_fwd_t(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                   const at::Tensor& pos, at::TensorList psi, const at::Tensor& tiles,
-                                                   const std::optional<at::Tensor>& valid, double scale) {
-  const at::Device dev = q.device();
-  const int64_t R = q.size(0);
-  const int H = static_cast<int>(q.size(1)), D = static_cast<int>(q.size(2));
-  PackedMlp<T> mlp = packed<T>(psi, gt::kActRelu, gt::kActNone, dev);
-  size_t smem = 0;
+// The inputs every attention program reads: q, k, v [R, H, D], float64 pos [R, 3], valid, tiles, scale, ψ.
+template <class T>
+B::AttentionArgs<T> attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& pos, const std::optional<at::Tensor>& valid,
+                                   const at::Tensor& tiles, double scale, const PackedMlp<T>& mlp, int chunk) {
   B::AttentionArgs<T> a{};
-  a.chunk = pick_chunk<T>(mlp.view.n_layers, B::mlp_width(mlp.view), Launcher::smem_limit(dev), &smem);
-  at::Tensor out = at::zeros({R, H, D}, q.options());
-  at::Tensor lse = at::full({R, H}, -std::numeric_limits<double>::infinity(), q.options());
-  at::Tensor lsum = at::zeros({R, H}, q.options());
   a.q = q.data_ptr<T>();
   a.k = k.data_ptr<T>();
   a.v = v.data_ptr<T>();
   a.pos = pos.data_ptr<double>();
   a.valid = valid_ptr<T>(valid);
   a.tiles = tiles.data_ptr<int64_t>();
-  a.H = H;
-  a.D = D;
+  a.H = static_cast<int>(q.size(1));
+  a.D = static_cast<int>(q.size(2));
   a.scale = static_cast<T>(scale);
   a.psi = mlp.view;
+  a.chunk = chunk;
+  return a;
+}
+
+template <class Launcher, class T>
+std::tuple<at::Tensor, at::Tensor> attention_fwd_t(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                   const at::Tensor& pos, at::TensorList psi, const at::Tensor& tiles,
+                                                   const std::optional<at::Tensor>& valid, double scale) {
+  const at::Device dev = q.device();
+  PackedMlp<T> mlp = packed<T>(psi, gt::kActRelu, gt::kActNone, dev);
+  size_t smem = 0;
+  const int chunk = pick_chunk<T>(mlp.view.n_layers, B::mlp_width(mlp.view), Launcher::smem_limit(dev), &smem);
+  B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, tiles, scale, mlp, chunk);
+  at::Tensor out = at::zeros_like(q);
+  at::Tensor lse = at::full({q.size(0), q.size(1)}, -std::numeric_limits<double>::infinity(), q.options());
+  at::Tensor lsum = at::zeros({q.size(0), q.size(1)}, q.options());
   a.out = out.data_ptr<T>();
   a.lse = lse.data_ptr<T>();
   a.lsum = lsum.data_ptr<T>();
@@ -148,22 +156,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
   const int64_t n_tiles = tiles.size(0);
   PackedMlp<T> mlp = packed<T>(psi, gt::kActRelu, gt::kActNone, dev);
   size_t smem = 0;
-  B::AttentionArgs<T> a{};
-  a.chunk = pick_chunk<T>(mlp.view.n_layers, B::mlp_width(mlp.view), Launcher::smem_limit(dev), &smem);
+  const int chunk = pick_chunk<T>(mlp.view.n_layers, B::mlp_width(mlp.view), Launcher::smem_limit(dev), &smem);
+  B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, tiles, scale, mlp, chunk);
   const at::Tensor dsum = (dout * out).sum(-1).contiguous();  // D_i = Σ_d dO_i·O_i  [R, H]
   at::Tensor dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
   at::Tensor dpos = at::zeros_like(pos);
   at::Tensor partial = at::zeros({n_tiles, mlp.view.grad_size}, q.options());
-  a.q = q.data_ptr<T>();
-  a.k = k.data_ptr<T>();
-  a.v = v.data_ptr<T>();
-  a.pos = pos.data_ptr<double>();
-  a.valid = valid_ptr<T>(valid);
-  a.tiles = tiles.data_ptr<int64_t>();
-  a.H = static_cast<int>(q.size(1));
-  a.D = static_cast<int>(q.size(2));
-  a.scale = static_cast<T>(scale);
-  a.psi = mlp.view;
   a.dout = dout.data_ptr<T>();
   a.dsum = dsum.data_ptr<T>();
   a.lse_in = lse.data_ptr<T>();
