@@ -10,7 +10,10 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdlib>
 #include <optional>
+#include <string>
+#include <type_traits>
 #include <tuple>
 #include <vector>
 
@@ -39,21 +42,65 @@ inline at::Tensor make_tiles(const at::Tensor& seg_host, const at::Device& devic
   return device.is_cpu() ? host : host.to(device);
 }
 
-// Pairs per MLP chunk: the largest of 64, 32, ..., 1 whose shared memory stays within kSmemTarget (so that two
-// programs fit on one SM; a guess until measured on a GPU), else within the launcher's hard limit.
+// Pairs per MLP chunk: the largest of 64, 32, ..., min_chunk whose shared memory stays within kSmemTarget (so
+// that two programs fit on one SM, as the kernels' __launch_bounds__ assume; a guess until measured on a GPU),
+// else within the launcher's hard limit. `stride` is the chunk tiles' row stride (B::tile_stride).
 constexpr size_t kSmemTarget = 100 * 1024;
 
 template <class T>
-int pick_chunk(int n_layers, int width, size_t limit, size_t* bytes) {
+int pick_chunk(int n_layers, int stride, int min_chunk, size_t limit, size_t* bytes) {
   for (const size_t budget : {std::min(limit, kSmemTarget), limit}) {
-    for (int chunk = 64; chunk >= 1; chunk /= 2) {
-      *bytes = B::smem_bytes<T>(n_layers, width, chunk);
+    for (int chunk = 64; chunk >= min_chunk; chunk /= 2) {
+      *bytes = B::smem_bytes<T>(n_layers, stride, chunk);
       if (*bytes <= budget) return chunk;
     }
   }
-  TORCH_CHECK(false, "gtkernels: the MLP (", n_layers, " layers, width ", width,
+  TORCH_CHECK(false, "gtkernels: the MLP (", n_layers, " layers, tile stride ", stride,
               ") does not fit the shared memory of one program (", limit, " bytes)");
   return 0;
+}
+
+// TF32 tensor cores for the hidden h→h layers of ψ/φ: opt-in for float32 inputs (GTKERNELS_TF32=1, like
+// torch's allow_tf32), always for float16/bfloat16 inputs (computed in float32; TF32 keeps more mantissa bits
+// than they have). float64 never.
+inline bool use_tensor_cores(at::ScalarType input_dtype) {
+  if (input_dtype == at::kHalf || input_dtype == at::kBFloat16) return true;
+  const char* e = std::getenv("GTKERNELS_TF32");
+  return input_dtype == at::kFloat && e != nullptr && std::string(e) == "1";
+}
+
+// The zero-padded Wᵀ of the hidden h→h layers for the tensor-core tiles (B::MmaWeights), on `device`.
+struct PackedMma {
+  at::Tensor buffer;
+  B::MmaWeights view;
+};
+
+template <class T>
+PackedMma pack_mma(at::TensorList params, bool enabled, const at::Device& device) {
+  PackedMma pk;
+  if (!enabled || !std::is_same<T, float>::value) return pk;
+  const int L = static_cast<int>(params.size() / 2);
+  std::vector<int64_t> offset(L, -1);
+  int64_t total = 0;
+  for (int l = 1; l < L - 1; ++l) {
+    pk.view.kp[l] = (static_cast<int>(params[2 * l].size(1)) + 7) / 8 * 8;
+    pk.view.np[l] = B::round16(static_cast<int>(params[2 * l].size(0)));
+    offset[l] = total;
+    total += static_cast<int64_t>(pk.view.kp[l]) * pk.view.np[l];  // a multiple of 128 floats: 512-byte aligned
+  }
+  at::Tensor host = at::zeros({std::max<int64_t>(total, 1)}, at::kFloat);
+  for (int l = 1; l < L - 1; ++l) {
+    const at::Tensor W = params[2 * l].detach().to(at::kCPU, at::kFloat).contiguous();  // [out, in]
+    host.narrow(0, offset[l], static_cast<int64_t>(pk.view.kp[l]) * pk.view.np[l])
+        .view({pk.view.kp[l], pk.view.np[l]})
+        .narrow(0, 0, W.size(1))
+        .narrow(1, 0, W.size(0))
+        .copy_(W.t());
+  }
+  pk.buffer = device.is_cpu() ? host : host.to(device);
+  for (int l = 1; l < L - 1; ++l) pk.view.wt[l] = pk.buffer.data_ptr<float>() + offset[l];
+  pk.view.enabled = true;
+  return pk;
 }
 
 // The compute dtype: float16 / bfloat16 run in float32.
@@ -94,7 +141,8 @@ const bool* valid_ptr(const std::optional<at::Tensor>& valid) {
 template <class T>
 B::AttentionArgs<T> attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& pos, const std::optional<at::Tensor>& valid,
-                                   const at::Tensor& tiles, double scale, const PackedMlp<T>& mlp, int chunk) {
+                                   const at::Tensor& tiles, double scale, const PackedMlp<T>& mlp,
+                                   const PackedMma& mma, int chunk) {
   B::AttentionArgs<T> a{};
   a.q = q.data_ptr<T>();
   a.k = k.data_ptr<T>();
@@ -106,6 +154,7 @@ B::AttentionArgs<T> attention_args(const at::Tensor& q, const at::Tensor& k, con
   a.D = static_cast<int>(q.size(2));
   a.scale = static_cast<T>(scale);
   a.psi = mlp.view;
+  a.mma = mma.view;
   a.chunk = chunk;
   return a;
 }
@@ -113,12 +162,15 @@ B::AttentionArgs<T> attention_args(const at::Tensor& q, const at::Tensor& k, con
 template <class Launcher, class T>
 std::tuple<at::Tensor, at::Tensor> attention_fwd_t(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                    const at::Tensor& pos, at::TensorList psi, const at::Tensor& tiles,
-                                                   const std::optional<at::Tensor>& valid, double scale) {
+                                                   const std::optional<at::Tensor>& valid, double scale,
+                                                   bool tensor_cores) {
   const at::Device dev = q.device();
   PackedMlp<T> mlp = packed<T>(psi, gt::kActRelu, gt::kActNone, dev);
   size_t smem = 0;
-  const int chunk = pick_chunk<T>(mlp.view.n_layers, B::mlp_width(mlp.view), Launcher::smem_limit(dev), &smem);
-  B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, tiles, scale, mlp, chunk);
+  const PackedMma mma = pack_mma<T>(psi, tensor_cores, dev);
+  const int chunk = pick_chunk<T>(mlp.view.n_layers, B::tile_stride(mlp.view, mma.view), mma.view.enabled ? 16 : 1,
+                                  Launcher::smem_limit(dev), &smem);
+  B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, tiles, scale, mlp, mma, chunk);
   at::Tensor out = at::zeros_like(q);
   at::Tensor lse = at::full({q.size(0), q.size(1)}, -std::numeric_limits<double>::infinity(), q.options());
   at::Tensor lsum = at::zeros({q.size(0), q.size(1)}, q.options());
@@ -140,9 +192,10 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::
   const std::vector<at::Tensor> psic = cast_all(psi, ct);
   at::Tensor out, lse;
   if (ct == at::kDouble) {
-    std::tie(out, lse) = attention_fwd_t<Launcher, double>(qc, kc, vc, pos, psic, tiles, valid, scale);
+    std::tie(out, lse) = attention_fwd_t<Launcher, double>(qc, kc, vc, pos, psic, tiles, valid, scale, false);
   } else {
-    std::tie(out, lse) = attention_fwd_t<Launcher, float>(qc, kc, vc, pos, psic, tiles, valid, scale);
+    std::tie(out, lse) = attention_fwd_t<Launcher, float>(qc, kc, vc, pos, psic, tiles, valid, scale,
+                                                          use_tensor_cores(q.scalar_type()));
   }
   return {out.to(q.scalar_type()), lse};  // lse stays float32 for float16 / bfloat16 inputs
 }
@@ -151,13 +204,15 @@ template <class Launcher, class T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> attention_bwd_t(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos,
     at::TensorList psi, const at::Tensor& tiles, const std::optional<at::Tensor>& valid, double scale,
-    const at::Tensor& out, const at::Tensor& lse) {
+    const at::Tensor& out, const at::Tensor& lse, bool tensor_cores) {
   const at::Device dev = q.device();
   const int64_t n_tiles = tiles.size(0);
   PackedMlp<T> mlp = packed<T>(psi, gt::kActRelu, gt::kActNone, dev);
   size_t smem = 0;
-  const int chunk = pick_chunk<T>(mlp.view.n_layers, B::mlp_width(mlp.view), Launcher::smem_limit(dev), &smem);
-  B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, tiles, scale, mlp, chunk);
+  const PackedMma mma = pack_mma<T>(psi, tensor_cores, dev);
+  const int chunk = pick_chunk<T>(mlp.view.n_layers, B::tile_stride(mlp.view, mma.view), mma.view.enabled ? 16 : 1,
+                                  Launcher::smem_limit(dev), &smem);
+  B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, tiles, scale, mlp, mma, chunk);
   const at::Tensor dsum = (dout * out).sum(-1).contiguous();  // D_i = Σ_d dO_i·O_i  [R, H]
   at::Tensor dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
   at::Tensor dpos = at::zeros_like(pos);
@@ -189,10 +244,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
   std::vector<at::Tensor> dpsi;
   if (ct == at::kDouble) {
     std::tie(dq, dk, dv, dpos, dpsi) =
-        attention_bwd_t<Launcher, double>(dc, qc, kc, vc, pos, psic, tiles, valid, scale, oc, lse);
+        attention_bwd_t<Launcher, double>(dc, qc, kc, vc, pos, psic, tiles, valid, scale, oc, lse, false);
   } else {
     std::tie(dq, dk, dv, dpos, dpsi) =
-        attention_bwd_t<Launcher, float>(dc, qc, kc, vc, pos, psic, tiles, valid, scale, oc, lse);
+        attention_bwd_t<Launcher, float>(dc, qc, kc, vc, pos, psic, tiles, valid, scale, oc, lse,
+                                          use_tensor_cores(q.scalar_type()));
   }
   for (size_t i = 0; i < dpsi.size(); ++i) dpsi[i] = dpsi[i].to(psi[i].scalar_type());
   const auto dt = q.scalar_type();
@@ -202,12 +258,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
 // -------------------------------------------------------------------------------------------------- encoding
 template <class Launcher, class T>
 at::Tensor encoding_fwd_t(const at::Tensor& pos, at::TensorList phi, const at::Tensor& tiles,
-                          const std::optional<at::Tensor>& valid) {
+                          const std::optional<at::Tensor>& valid, bool tensor_cores) {
   const at::Device dev = pos.device();
   PackedMlp<T> mlp = packed<T>(phi, gt::kActGelu, gt::kActGelu, dev);
   size_t smem = 0;
   B::EncodingArgs<T> e{};
-  e.chunk = pick_chunk<T>(mlp.view.n_layers, B::mlp_width(mlp.view), Launcher::smem_limit(dev), &smem);
+  const PackedMma mma = pack_mma<T>(phi, tensor_cores, dev);
+  e.mma = mma.view;
+  e.chunk = pick_chunk<T>(mlp.view.n_layers, B::tile_stride(mlp.view, mma.view), mma.view.enabled ? 16 : 1,
+                          Launcher::smem_limit(dev), &smem);
   at::Tensor s = at::zeros({pos.size(0)}, phi[0].options());
   e.pos = pos.data_ptr<double>();
   e.valid = valid_ptr<T>(valid);
@@ -225,21 +284,26 @@ at::Tensor encoding_fwd(const at::Tensor& pos, at::TensorList phi, const at::Ten
   const at::Tensor tiles = make_tiles(seg_host, pos.device());
   const auto dt = phi[0].scalar_type();
   const std::vector<at::Tensor> phic = cast_all(phi, compute_dtype(dt));
-  const at::Tensor s = compute_dtype(dt) == at::kDouble ? encoding_fwd_t<Launcher, double>(pos, phic, tiles, valid)
-                                                        : encoding_fwd_t<Launcher, float>(pos, phic, tiles, valid);
+  const at::Tensor s = compute_dtype(dt) == at::kDouble
+                           ? encoding_fwd_t<Launcher, double>(pos, phic, tiles, valid, false)
+                           : encoding_fwd_t<Launcher, float>(pos, phic, tiles, valid, use_tensor_cores(dt));
   return s.to(dt);
 }
 
 template <class Launcher, class T>
 std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd_t(const at::Tensor& ds, const at::Tensor& pos,
                                                                at::TensorList phi, const at::Tensor& tiles,
-                                                               const std::optional<at::Tensor>& valid) {
+                                                               const std::optional<at::Tensor>& valid,
+                                                               bool tensor_cores) {
   const at::Device dev = pos.device();
   const int64_t n_tiles = tiles.size(0);
   PackedMlp<T> mlp = packed<T>(phi, gt::kActGelu, gt::kActGelu, dev);
   size_t smem = 0;
   B::EncodingArgs<T> e{};
-  e.chunk = pick_chunk<T>(mlp.view.n_layers, B::mlp_width(mlp.view), Launcher::smem_limit(dev), &smem);
+  const PackedMma mma = pack_mma<T>(phi, tensor_cores, dev);
+  e.mma = mma.view;
+  e.chunk = pick_chunk<T>(mlp.view.n_layers, B::tile_stride(mlp.view, mma.view), mma.view.enabled ? 16 : 1,
+                          Launcher::smem_limit(dev), &smem);
   at::Tensor dpos = at::zeros_like(pos);
   at::Tensor partial = at::zeros({n_tiles, mlp.view.grad_size}, ds.options());
   e.pos = pos.data_ptr<double>();
@@ -267,9 +331,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd(const at::Tensor& d
   at::Tensor dpos;
   std::vector<at::Tensor> dphi;
   if (ct == at::kDouble) {
-    std::tie(dpos, dphi) = encoding_bwd_t<Launcher, double>(dsc, pos, phic, tiles, valid);
+    std::tie(dpos, dphi) = encoding_bwd_t<Launcher, double>(dsc, pos, phic, tiles, valid, false);
   } else {
-    std::tie(dpos, dphi) = encoding_bwd_t<Launcher, float>(dsc, pos, phic, tiles, valid);
+    std::tie(dpos, dphi) = encoding_bwd_t<Launcher, float>(dsc, pos, phic, tiles, valid, use_tensor_cores(dt));
   }
   for (size_t i = 0; i < dphi.size(); ++i) dphi[i] = dphi[i].to(phi[i].scalar_type());
   return {dpos, dphi};

@@ -365,3 +365,56 @@ def test_cuda_half_precision_inputs(backend):
         assert out.dtype == dtype and all(g.dtype == t.dtype for g, t in zip(grads, [*inputs[:4], *psi]))
         bound = max(2 * rel_err(ref.double(), exact), 1e-3)
         assert _report(f"attn {dtype} out (bound {bound:.3g})", rel_err(out.double(), exact)) <= bound
+
+
+def _tf32_cases():
+    mols = qm9_molecules(4)
+    inputs64 = attention_inputs(mols, 4, 16)
+    psi64 = mlp_params([50, 50, 50], seed=2)
+    inputs32 = [t.detach().float().requires_grad_() if t is not None and t.is_floating_point() else t
+                for t in inputs64]
+    psi32 = [p.detach().float().requires_grad_() for p in psi64]
+    phi64 = mlp_params([50, 50], seed=4)   # one hidden h→h layer: the encoding's tensor-core matmul
+    phi32 = [p.detach().float().requires_grad_() for p in phi64]
+    return inputs64, psi64, inputs32, psi32, phi64, phi32
+
+
+def test_cuda_tensor_core_path_tiling(backend, monkeypatch):
+    """The TF32 path's tiles, padding and strides: with the operand rounding switched off (host emulation only)
+    it must agree with float64 as well as the exact float32 path does (2x rule)."""
+    if backend != "cuda" or torch.cuda.is_available():
+        pytest.skip("host emulation of the CUDA kernels only")
+    inputs64, psi64, inputs32, psi32, phi64, phi32 = _tf32_cases()
+    monkeypatch.setenv("GTKERNELS_TF32", "1")
+    monkeypatch.setenv("GTKERNELS_CUDA_EMULATE_TF32_ROUNDING", "0")
+    pos64, pos32 = (t[3] for t in (inputs64, inputs32))
+    for run64, run32 in [((inputs64, psi64), (inputs32, psi32)),
+                         (([pos64, inputs64[4], None], phi64), ([pos32, inputs32[4], None], phi32))]:
+        fn = _attention if len(run64[0]) == 6 else _encoding
+        exact, exact_g = fn(*run64, "reference")
+        ref, ref_g = fn(*run32, "reference")
+        out, out_g = fn(*run32, "cuda")
+        assert rel_err(out, exact) <= max(2 * rel_err(ref, exact), 1e-6)
+        for a, r, e in zip(out_g, ref_g, exact_g):
+            assert rel_err(a, e) <= max(2 * rel_err(r, e), 1e-6)
+
+
+def test_cuda_tf32_tensor_cores(backend, monkeypatch):
+    """GTKERNELS_TF32=1: ψω/φ hidden layers on TF32 tensor cores (10-bit mantissa). Measured on these inputs
+    (host emulation, rounding as the GPU's cvt.rna.tf32): out 5e-4, gradients up to 7e-2 (the first ψ layer's
+    weight gradient, a sum with cancellation); bounds 4x. The error must exceed the exact path's: TF32 ran."""
+    if backend != "cuda":
+        pytest.skip("cuda backend")
+    inputs64, psi64, inputs32, psi32, phi64, phi32 = _tf32_cases()
+    exact, exact_g = _attention(inputs64, psi64, "reference")
+    ieee, _ = _attention(inputs32, psi32, "cuda")
+    monkeypatch.setenv("GTKERNELS_TF32", "1")
+    out, grads = _attention(inputs32, psi32, "cuda")
+    err = _report("attn tf32 out", rel_err(out, exact))
+    assert rel_err(ieee, exact) < err < 2e-3
+    for name, a, e in zip(_names(len(psi32)), grads, exact_g):
+        assert _report(f"  d{name} tf32", rel_err(a, e)) < 0.3, name
+    pos64, pos32 = inputs64[3], inputs32[3]
+    s_exact, _ = _encoding([pos64, inputs64[4], None], phi64, "reference")
+    s, _ = _encoding([pos32, inputs32[4], None], phi32, "cuda")
+    assert 1e-6 < _report("enc tf32 s", rel_err(s, s_exact)) < 2e-3

@@ -6,11 +6,13 @@
 //
 // GTKERNELS_CUDA_EMULATE_ORDER=reverse runs each phase's threads last to first. The kernels' rule is that no
 // thread reads, within a phase, what another thread writes in that phase; then both orders give bit-identical
-// results, which the tests check. (What the emulation cannot see: warp scheduling, memory ordering, shared
+// results, which the tests check. The tensor-core matmul (b.mma_tf32) rounds its operands to TF32 as the GPU
+// does. (What the emulation cannot see: warp scheduling, memory ordering, shared
 // memory bank conflicts, register spills; those need the GPU and compute-sanitizer.)
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -26,6 +28,7 @@ namespace B = gt::blk;
 struct HostBlock {
   int n = B::kThreads;
   bool reverse = false;
+  bool round_tf32 = true;
   int size() const { return n; }
   template <class F>
   void for_each_thread(F&& f) const {
@@ -36,6 +39,27 @@ struct HostBlock {
     }
   }
   void sync() const {}
+
+  // The tensor-core matmul as the GPU computes it: operands rounded to TF32 (10-bit mantissa, round to nearest,
+  // ties away from zero, as cvt.rna.tf32.f32), products accumulated in float.
+  static float tf32(float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;  // finite values only
+    std::memcpy(&v, &u, sizeof v);
+    return v;
+  }
+  void mma_tf32(const float* A, int lda, const float* B, int ldb, float* C, int ldc, int M, int N, int K) const {
+    for (int i = 0; i < M; ++i) {
+      for (int j = 0; j < N; ++j) {
+        float acc = 0.0f;
+        for (int k = 0; k < K; ++k) {
+          acc += round_tf32 ? tf32(A[i * lda + k]) * tf32(B[k * ldb + j]) : A[i * lda + k] * B[k * ldb + j];
+        }
+        C[i * ldc + j] = acc;
+      }
+    }
+  }
 };
 
 bool reverse_order() {
@@ -43,14 +67,22 @@ bool reverse_order() {
   return e != nullptr && std::strcmp(e, "reverse") == 0;
 }
 
+// GTKERNELS_CUDA_EMULATE_TF32_ROUNDING=0: the tensor-core matmul keeps full float operands, so the tests can
+// check the tensor-core path's tiling and padding against the exact path to float rounding.
+bool round_tf32() {
+  const char* e = std::getenv("GTKERNELS_CUDA_EMULATE_TF32_ROUNDING");
+  return e == nullptr || std::strcmp(e, "0") != 0;
+}
+
 // Programs are independent (each writes its own rows and partial-gradient row), so they may run in parallel.
 template <class Program>
 void run_programs(int64_t n_tiles, size_t smem, Program program) {
-  const bool rev = reverse_order();
+  const bool rev = reverse_order(), tf32 = round_tf32();
   at::parallel_for(0, n_tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> buffer((smem + sizeof(double) - 1) / sizeof(double) + 1);
     HostBlock b;
     b.reverse = rev;
+    b.round_tf32 = tf32;
     for (int64_t tile = begin; tile < end; ++tile) {
       std::fill(buffer.begin(), buffer.end(), std::numeric_limits<double>::quiet_NaN());  // no stale reads
       program(b, tile, reinterpret_cast<char*>(buffer.data()));

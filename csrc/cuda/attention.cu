@@ -9,14 +9,14 @@ namespace blk {
 
 template <class T>
 __global__ void __launch_bounds__(kThreads, kMinPrograms) attention_fwd_kernel(const AttentionArgs<T> args) {
-  extern __shared__ __align__(16) char smem[];
+  extern __shared__ __align__(128) char smem[];
   DeviceBlock b;
   attention_fwd_program<T>(b, args, static_cast<int64_t>(blockIdx.x), smem);
 }
 
 template <class T>
 __global__ void __launch_bounds__(kThreads, kMinPrograms) attention_bwd_kernel(const AttentionArgs<T> args) {
-  extern __shared__ __align__(16) char smem[];
+  extern __shared__ __align__(128) char smem[];
   DeviceBlock b;
   attention_bwd_program<T>(b, args, static_cast<int64_t>(blockIdx.x), smem);
 }

@@ -2,10 +2,14 @@
 // block interface so that the same code runs on the GPU and, serially, on the host (csrc/cpu/cuda_emulation.cpp:
 // the test suite executes every line below on CPU tensors). No torch headers; plain pointers.
 //
-// Block interface `Blk` (DeviceBlock in kernels_device.cuh, HostBlock in cuda_emulation.cpp):
+// Block interface `Blk` (DeviceBlock in device_block.cuh, HostBlock in cuda_emulation.cpp):
 //   b.size()                  threads of the block
 //   b.for_each_thread(f)      f(t) for every thread t (on the GPU: each thread runs f(threadIdx.x))
 //   b.sync()                  barrier (__syncthreads)
+//   b.mma_tf32(A, lda, B, ldb, C, ldc, M, N, K)
+//                             C = A·B, float operands rounded to TF32, float accumulation, by the whole block
+//                             (tensor cores: WMMA 16×16×8 tiles on the GPU); then a barrier. M, N multiples of
+//                             16, K of 8, leading dimensions of 4, tile origins 32-byte aligned.
 // Rules that keep the emulation faithful: no warp intrinsics; nothing carried from one phase (between two
 // barriers) to the next but shared or global memory; within a phase no thread reads what another thread
 // writes in that phase (the emulation runs threads forwards and backwards to check results do not change).
@@ -26,9 +30,13 @@
 //                       weight ½ (exact: g_ij = g_ji); a pair within one tile is listed once (below).
 //   encoding          : s_i = Σ_j φ(rinv_ij) over valid j including i (rinv_ii = 0); backward with upstream
 //                       ds_i + ds_j per pair (again ½ for the weights).
+// Precision: exact scalar FMA by default; the hidden h→h layers of ψω/φ on TF32 tensor cores when the glue
+// enables MmaWeights (float only: GTKERNELS_TF32=1, or float16/bfloat16 inputs).
 // On a diagonal tile (I = J: a whole QM9 molecule) ψω/φ runs once per unordered pair and is mirrored, forward
 // and backward. Nothing N×N is written to global memory: pair tiles live in shared memory.
 #pragma once
+
+#include <type_traits>
 
 #include "../pair_math.h"
 
@@ -70,7 +78,8 @@ struct Smem {
   T* dz;            // [2][chunk][S] backward ping-pong
 };
 
-GT_HD inline size_t align16(size_t x) { return (x + 15) / 16 * 16; }
+// 32-byte alignment: what tensor-core (WMMA) tile loads need.
+GT_HD inline size_t align32(size_t x) { return (x + 31) / 32 * 32; }
 
 // Bytes of shared memory for MLPs of n_layers layers at most `width` wide, `chunk` pairs at a time. The same
 // function places the arrays (carve) and sizes them (glue), so the two cannot disagree.
@@ -79,7 +88,7 @@ GT_HD inline size_t carve(char* base, Smem<T>* sm, int n_layers, int width, int 
   size_t off = 0;
   auto take = [&](size_t bytes) {
     char* p = base == nullptr ? nullptr : base + off;
-    off = align16(off + bytes);
+    off = align32(off + bytes);
     return p;
   };
   const size_t pairs = static_cast<size_t>(kRows) * kRows;
@@ -118,6 +127,24 @@ GT_HD inline int mlp_width(const MlpView<T>& m) {
   return w;
 }
 
+// Tensor-core operands of the hidden h→h layers (float only, opt-in): Wᵀ zero-padded to [kp[l]][np[l]]
+// (kp = in rounded up to 8, np = out rounded up to 16); wt[l] == nullptr for the layers that stay scalar
+// (the first, 1 → h, and the last, h → 1: a few percent of the flops).
+struct MmaWeights {
+  const float* wt[kMaxLayers] = {};
+  int kp[kMaxLayers] = {};
+  int np[kMaxLayers] = {};
+  bool enabled = false;
+};
+
+GT_HD inline int round16(int x) { return (x + 15) / 16 * 16; }
+
+// Row stride of the chunk tiles: the widest layer (rounded up to 16 for the tensor-core tiles).
+template <class T>
+GT_HD inline int tile_stride(const MlpView<T>& m, const MmaWeights& mma) {
+  return mma.enabled ? round16(mlp_width(m)) : mlp_width(m);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Arguments. Tensors are contiguous; rows are the segments-of-rows layout; T is float or double.
 template <class T>
@@ -131,7 +158,8 @@ struct AttentionArgs {
   int H, D;
   T scale;
   MlpView<T> psi;        // hidden ReLU, no output activation; g = ψ²
-  int chunk;             // pairs per ψ chunk in shared memory
+  MmaWeights mma;        // TF32 tensor-core path of ψ's hidden layers (float, opt-in)
+  int chunk;             // pairs per ψ chunk in shared memory (a multiple of 16 with mma)
   // forward: out [R, H, D] (zeros in, the gated numerator during the loop, O after), lse [R, H] (−inf in; the
   // running max during the loop, m + log l after), lsum [R, H] (zeros in; the running sum l)
   T* out;
@@ -155,6 +183,7 @@ struct EncodingArgs {
   const bool* valid;     // [R] or nullptr
   const int64_t* tiles;  // [n_tiles][4]
   MlpView<T> phi;        // hidden GELU, output GELU
+  MmaWeights mma;
   int chunk;
   T* s;                  // forward output [R] (zeros in)
   const T* ds;           // backward upstream [R]
@@ -229,9 +258,12 @@ GT_BLOCK void expand(Blk& b, const T* src, T* dst, int nI, int nJ, bool diagonal
 
 // MLP forward on n ≤ chunk scalars x[0..n): layer l's pre-activations z[l][p][o] and activations a[l][p][o]
 // (row stride S) stay in shared memory for the backward. One thread per (pair, output unit); the hidden
-// layers are small matmuls Z_l = A_{l−1} W_lᵀ + b_l.
+// layers are small matmuls Z_l = A_{l−1} W_lᵀ + b_l, on tensor cores (TF32) for the layers mma holds. With mma
+// the columns from `out` up to the padded width are written as 0 (act(0) = 0), the K padding of the next
+// layer's matmul.
 template <class T, class Blk>
-GT_BLOCK void mlp_forward_tile(Blk& b, const MlpView<T>& m, const T* x, int n, T* z, T* a, int S, int chunk) {
+GT_BLOCK void mlp_forward_tile(Blk& b, const MlpView<T>& m, const MmaWeights& mma, const T* x, int n, T* z, T* a,
+                               int S, int chunk) {
   const int L = m.n_layers;
   for (int l = 0; l < L; ++l) {
     const int no = m.out[l], ni = m.in[l], ld = m.ld[l];
@@ -241,11 +273,26 @@ GT_BLOCK void mlp_forward_tile(Blk& b, const MlpView<T>& m, const T* x, int n, T
     T* zl = z + static_cast<size_t>(l) * chunk * S;
     T* al = a + static_cast<size_t>(l) * chunk * S;
     const T* ap = a + static_cast<size_t>(l > 0 ? l - 1 : 0) * chunk * S;
+    bool tensor_cores = false;
+    if constexpr (std::is_same<T, float>::value) {
+      if (mma.enabled && mma.wt[l] != nullptr) {
+        b.mma_tf32(ap, S, mma.wt[l], mma.np[l], zl, S, round16(n), mma.np[l], mma.kp[l]);  // zl = A·Wᵀ
+        tensor_cores = true;
+      }
+    }
+    const int width = mma.enabled ? round16(no) : no;  // outputs written (zeros beyond no)
     b.for_each_thread([&](int t) {
-      for (int it = t; it < n * no; it += b.size()) {
-        const int p = it / no, o = it - p * no;
+      for (int it = t; it < n * width; it += b.size()) {
+        const int p = it / width, o = it - p * width;
+        if (o >= no) {
+          zl[p * S + o] = T(0);
+          al[p * S + o] = T(0);
+          continue;
+        }
         T acc = bias[o];
-        if (l == 0) {
+        if (tensor_cores) {
+          acc += zl[p * S + o];
+        } else if (l == 0) {
           acc += x[p] * wt[o];
         } else {
           const T* ar = ap + p * S;
@@ -319,11 +366,12 @@ GT_BLOCK void mlp_backward_tile(Blk& b, const MlpView<T>& m, const T* x, int n, 
 
 // MLP outputs yc[p] of the listed pairs [0, np), chunk by chunk.
 template <class T, class Blk>
-GT_BLOCK void mlp_outputs(Blk& b, const MlpView<T>& m, const Smem<T>& sm, int np, int S, int chunk) {
+GT_BLOCK void mlp_outputs(Blk& b, const MlpView<T>& m, const MmaWeights& mma, const Smem<T>& sm, int np, int S,
+                          int chunk) {
   const size_t last = static_cast<size_t>(m.n_layers - 1) * chunk * S;
   for (int c0 = 0; c0 < np; c0 += chunk) {
     const int n = np - c0 < chunk ? np - c0 : chunk;
-    mlp_forward_tile(b, m, sm.x + c0, n, sm.z, sm.a, S, chunk);
+    mlp_forward_tile(b, m, mma, sm.x + c0, n, sm.z, sm.a, S, chunk);
     b.for_each_thread([&](int t) {
       for (int p = t; p < n; p += b.size()) sm.yc[c0 + p] = sm.a[last + p * S];
     });
@@ -334,11 +382,11 @@ GT_BLOCK void mlp_outputs(Blk& b, const MlpView<T>& m, const Smem<T>& sm, int np
 // Backward through the MLP of the listed pairs [0, np): upstream sm.u, result sm.dxc; weights with factor
 // wscale (½ on off-diagonal tiles, whose pairs the other program of the pair of tiles sees too).
 template <class T, class Blk>
-GT_BLOCK void mlp_pair_grads(Blk& b, const MlpView<T>& m, const Smem<T>& sm, int np, int S, int chunk, T wscale,
-                             T* grad) {
+GT_BLOCK void mlp_pair_grads(Blk& b, const MlpView<T>& m, const MmaWeights& mma, const Smem<T>& sm, int np, int S,
+                             int chunk, T wscale, T* grad) {
   for (int c0 = 0; c0 < np; c0 += chunk) {
     const int n = np - c0 < chunk ? np - c0 : chunk;
-    mlp_forward_tile(b, m, sm.x + c0, n, sm.z, sm.a, S, chunk);  // recompute the activations
+    mlp_forward_tile(b, m, mma, sm.x + c0, n, sm.z, sm.a, S, chunk);  // recompute the activations
     mlp_backward_tile(b, m, sm.x + c0, n, sm.z, sm.a, S, chunk, sm.u + c0, wscale, grad, sm.dz, sm.dxc + c0);
   }
 }
@@ -404,12 +452,12 @@ GT_BLOCK void over_partner_tiles(Blk& b, const Smem<T>& sm, const int64_t* tl, c
 template <class T, class Blk>
 GT_BLOCK void attention_fwd_program(Blk& b, const AttentionArgs<T>& A, int64_t tile, char* smem) {
   const MlpView<T>& m = A.psi;
-  const int S = mlp_width(m), chunk = A.chunk, H = A.H, D = A.D;
+  const int S = tile_stride(m, A.mma), chunk = A.chunk, H = A.H, D = A.D;
   Smem<T> sm;
   carve<T>(smem, &sm, m.n_layers, S, chunk);
   over_partner_tiles(b, sm, A.tiles + kTileFields * tile, A.valid, A.pos, true, false,
                      [&](int nI, int nJ, bool diagonal, int np) {
-    mlp_outputs(b, m, sm, np, S, chunk);
+    mlp_outputs(b, m, A.mma, sm, np, S, chunk);
     expand(b, sm.yc, sm.y, nI, nJ, diagonal, false);
     // Online softmax over this key tile, one thread per (query, head); heads fastest (coalesced q/k/v).
     b.for_each_thread([&](int t) {
@@ -470,13 +518,13 @@ GT_BLOCK void attention_fwd_program(Blk& b, const AttentionArgs<T>& A, int64_t t
 template <class T, class Blk>
 GT_BLOCK void attention_bwd_program(Blk& b, const AttentionArgs<T>& A, int64_t tile, char* smem) {
   const MlpView<T>& m = A.psi;
-  const int S = mlp_width(m), chunk = A.chunk, H = A.H, D = A.D;
+  const int S = tile_stride(m, A.mma), chunk = A.chunk, H = A.H, D = A.D;
   Smem<T> sm;
   carve<T>(smem, &sm, m.n_layers, S, chunk);
   T* grad = A.grad_partial + tile * m.grad_size;
   over_partner_tiles(b, sm, A.tiles + kTileFields * tile, A.valid, A.pos, false, false,
                      [&](int nI, int nJ, bool diagonal, int np) {
-    mlp_outputs(b, m, sm, np, S, chunk);
+    mlp_outputs(b, m, A.mma, sm, np, S, chunk);
     expand(b, sm.yc, sm.y, nI, nJ, diagonal, false);
     b.for_each_thread([&](int t) {
       // dψ_ij = 2ψ_ij·(dg_ij + dg_ji), dg_ij = Σ_h P_ij·(dO_i·V_j): one thread per listed pair, heads in order.
@@ -531,7 +579,7 @@ GT_BLOCK void attention_bwd_program(Blk& b, const AttentionArgs<T>& A, int64_t t
       }
     });
     b.sync();
-    mlp_pair_grads(b, m, sm, np, S, chunk, diagonal ? T(1) : T(0.5), grad);
+    mlp_pair_grads(b, m, A.mma, sm, np, S, chunk, diagonal ? T(1) : T(0.5), grad);
     expand(b, sm.dxc, sm.dx, nI, nJ, diagonal, false);
     position_grads(b, sm, nI, nJ, A.dpos);
   });
@@ -543,12 +591,12 @@ GT_BLOCK void attention_bwd_program(Blk& b, const AttentionArgs<T>& A, int64_t t
 template <class T, class Blk>
 GT_BLOCK void encoding_fwd_program(Blk& b, const EncodingArgs<T>& E, int64_t tile, char* smem) {
   const MlpView<T>& m = E.phi;
-  const int S = mlp_width(m), chunk = E.chunk;
+  const int S = tile_stride(m, E.mma), chunk = E.chunk;
   Smem<T> sm;
   carve<T>(smem, &sm, m.n_layers, S, chunk);
   over_partner_tiles(b, sm, E.tiles + kTileFields * tile, E.valid, E.pos, true, true,
                      [&](int nI, int nJ, bool diagonal, int np) {
-    mlp_outputs(b, m, sm, np, S, chunk);
+    mlp_outputs(b, m, E.mma, sm, np, S, chunk);
     expand(b, sm.yc, sm.y, nI, nJ, diagonal, true);
     b.for_each_thread([&](int t) {
       for (int i = t; i < nI; i += b.size()) {
@@ -565,7 +613,7 @@ GT_BLOCK void encoding_fwd_program(Blk& b, const EncodingArgs<T>& E, int64_t til
 template <class T, class Blk>
 GT_BLOCK void encoding_bwd_program(Blk& b, const EncodingArgs<T>& E, int64_t tile, char* smem) {
   const MlpView<T>& m = E.phi;
-  const int S = mlp_width(m), chunk = E.chunk;
+  const int S = tile_stride(m, E.mma), chunk = E.chunk;
   Smem<T> sm;
   carve<T>(smem, &sm, m.n_layers, S, chunk);
   T* grad = E.grad_partial + tile * m.grad_size;
@@ -579,7 +627,7 @@ GT_BLOCK void encoding_bwd_program(Blk& b, const EncodingArgs<T>& E, int64_t til
       }
     });
     b.sync();
-    mlp_pair_grads(b, m, sm, np, S, chunk, diagonal ? T(1) : T(0.5), grad);
+    mlp_pair_grads(b, m, E.mma, sm, np, S, chunk, diagonal ? T(1) : T(0.5), grad);
     expand(b, sm.dxc, sm.dx, nI, nJ, diagonal, true);
     position_grads(b, sm, nI, nJ, E.dpos);
   });

@@ -8,14 +8,14 @@ namespace blk {
 
 template <class T>
 __global__ void __launch_bounds__(kThreads, kMinPrograms) encoding_fwd_kernel(const EncodingArgs<T> args) {
-  extern __shared__ __align__(16) char smem[];
+  extern __shared__ __align__(128) char smem[];
   DeviceBlock b;
   encoding_fwd_program<T>(b, args, static_cast<int64_t>(blockIdx.x), smem);
 }
 
 template <class T>
 __global__ void __launch_bounds__(kThreads, kMinPrograms) encoding_bwd_kernel(const EncodingArgs<T> args) {
-  extern __shared__ __align__(16) char smem[];
+  extern __shared__ __align__(128) char smem[];
   DeviceBlock b;
   encoding_bwd_program<T>(b, args, static_cast<int64_t>(blockIdx.x), smem);
 }
