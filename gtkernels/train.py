@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._backends import BACKENDS
 from .data.augment import merge_pairs
 from .data.batching import make_batches, packed_to_padded
 from .data.qm9 import QM9, load_split, make_split, save_split
@@ -149,7 +150,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pair-merging augmentation (paper: all targets); 'extensive' = only extensive targets")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the initialisation and the shuffling")
     p.add_argument("--split-seed", type=int, default=None, help="seed of the split (default: --seed)")
-    p.add_argument("--backend", default="auto", choices=["auto", "reference", "cpu"])
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS))
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only)")
     p.add_argument("--layout", default="packed", choices=["packed", "padded"])

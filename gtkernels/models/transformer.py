@@ -47,7 +47,8 @@ class GeometricTransformer(gtkernels_py.GeometricTransformer):
     Args:
         preset: ``"paper"`` (default: 10 blocks, d_model 512, 256 heads), ``"base"``, ``"small"``, ``"tiny"``;
             explicit ``num_layers`` / ``d_model`` / ``num_heads`` override it.
-        backend: ``"auto"``, ``"reference"`` or ``"cpu"`` for every attention and encoding layer.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` or ``"cuda"`` for every attention and
+            encoding layer.
         validate: check positions (finite, atoms ≥ 1e-3 Å apart) once per forward at model level
             (layers run with ``validate=False``).
         mean, std, atomref: per-atom standardisation and frozen atom references (buffers), as in the paper.

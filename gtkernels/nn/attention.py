@@ -20,7 +20,7 @@ class FusedGeometricAttention(gtkernels_py.GeometricAttention):
         psi_hidden, psi_layers: ψω width and number of hidden h→h layers (the paper: 50, 2).
         dropout: dropout on the gated attention matrix (the paper: 0; fused backends need 0).
         bias: bias in the Q, K, V and output projections (the paper: False).
-        backend: ``"auto"``, ``"reference"`` or ``"cpu"`` (see :func:`gtkernels.backends`).
+        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` or ``"cuda"`` (see :func:`gtkernels.backends`).
         validate: check positions (finite, atoms ≥ 1e-3 Å apart) and cu_seqlens on every call.
 
     ``forward(x, pos, mask=None, *, cu_seqlens=None)``: ``x [B, N, d_model]``, ``pos [B, N, 3]``, bool ``mask [B, N]``
