@@ -27,7 +27,7 @@ def geometric_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi_params
         pos: ``[B, N, 3]`` / ``[T, 3]`` in Å, float32 or float64 whatever q's dtype (distances are computed in
             float64 by the compiled backends, in pos's dtype by the reference).
         psi_params: ψω weights ``[W0, b0, ..., Wn, bn]`` (``PsiMLP.params()``), shared by all heads.
-        backend: ``"auto"`` (fastest available), ``"reference"``, ``"cpu"``.
+        backend: ``"auto"`` (fastest available), ``"reference"``, ``"cpu"``, ``"triton"``, ``"cuda"``.
         validate: run the data-dependent checks (finite positions, atoms ≥ 1e-3 Å apart, cu_seqlens
             contents). They cost a host sync and are skipped under ``torch.compile``.
 
