@@ -10,7 +10,7 @@ Environment knobs:
 ``GTK_BENCH_MAX_GIB``        memory budget per call in GiB (default: 35 % of available RAM on CPU, 80 % of free
                              GPU memory on CUDA); a case whose estimated peak exceeds it is skipped
 ``GTK_BENCH_MAX_CALL_S``     time budget per call in seconds (default 60); slower estimates are skipped
-``GTK_BENCH_TARGET_S``       timing seconds per benchmark (default 2): rounds = target / first-call time, 1..10
+``GTK_BENCH_TARGET_S``       timing seconds per benchmark (default 1.5): rounds = target / call time, 1..10
 ``GTK_BENCH_DEVICE``         ``cpu`` or ``cuda`` (default: cuda when available)
 """
 from __future__ import annotations
@@ -27,12 +27,12 @@ import pytest
 import torch
 
 import gtkernels
-from benchmarks.memory import peak_extra_mib
+from benchmarks.memory import PeakMeter, peak_extra_mib
 
 GIB = 2 ** 30
 FULL = os.environ.get("GTK_BENCH_FULL", "0") == "1"
 MAX_CALL_S = float(os.environ.get("GTK_BENCH_MAX_CALL_S", "60"))
-TARGET_S = float(os.environ.get("GTK_BENCH_TARGET_S", "2"))
+TARGET_S = float(os.environ.get("GTK_BENCH_TARGET_S", "1.5"))
 MAX_ROUNDS = 10
 DEVICE = torch.device(os.environ.get("GTK_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
 MODES = ("fwd", "fwd+bwd")
@@ -264,23 +264,49 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def measure(benchmark, fn: Callable[[], object], info: dict) -> None:
-    """Benchmark ``fn``: one call under the memory profiler (also the warm-up of the timed ones), then
-    ``rounds`` timed calls, rounds = ``GTK_BENCH_TARGET_S`` / the time of one call (the faster of the profiled call
-    and ``info["first_call_s"]``, the test's own first call), between 1 and 10.
-    Records ``info``, the peak memory, the round count and the machine in ``benchmark.extra_info``.
-    With ``--benchmark-disable`` (the CI smoke) the profiled call is the only one."""
+def measure(benchmark, fn: Callable[[], object], info: dict, predicted_s: Optional[float] = None) -> None:
+    """Benchmark ``fn`` and record ``info``, the peak memory, the rounds and the machine in extra_info.
+
+    ``predicted_s`` (one call, from the test's first call) decides the plan: a quick case gets an untimed
+    warm-up call, then rounds = ``GTK_BENCH_TARGET_S`` / the call time (1 to 10); a slow one (≥ 1 s) goes
+    straight to its rounds. The peak memory is measured around the first timed round (``PeakMeter`` start/stop
+    in pytest-benchmark's untimed setup/teardown; the RSS and CUDA meters add nothing inside the call; the
+    profiler meter, ``GTK_BENCH_CPU_MEMORY=profiler``, gets a call of its own). With ``--benchmark-disable`` (the
+    CI smoke) there is one call, under the meter.
+    """
     extra = dict(info)
-    t0 = time.perf_counter()
-    extra["peak_mib"] = peak_extra_mib(fn, DEVICE)
-    first = time.perf_counter() - t0
-    one = min(first, extra.setdefault("first_call_s", first))
-    extra["rounds"] = rounds = int(min(MAX_ROUNDS, max(1, TARGET_S // max(one, 1e-9))))
     extra.update(device=device_name(), device_type=DEVICE.type, **versions(), threads=torch.get_num_threads())
-    benchmark.extra_info.update(extra)
+    meter = PeakMeter(DEVICE)
+    extra["memory_method"] = meter.method
     if benchmark.disabled:
+        extra["peak_mib"], extra["rounds"] = peak_extra_mib(fn, DEVICE), 0
+        benchmark.extra_info.update(extra)
         return
-    benchmark.pedantic(lambda: (fn(), sync()), rounds=rounds, iterations=1, warmup_rounds=0)
+    call_s = predicted_s
+    if call_s is None or call_s < 1.0:
+        t0 = time.perf_counter()
+        fn()                                   # warm-up, untimed
+        sync()
+        call_s = time.perf_counter() - t0
+    rounds = int(min(MAX_ROUNDS, max(1, TARGET_S // max(call_s, 1e-9))))
+    if meter.method == "profiler":
+        extra["peak_mib"] = peak_extra_mib(fn, DEVICE)
+    state = {"round": 0}
+
+    def setup():
+        if state["round"] == 0 and "peak_mib" not in extra:
+            meter.start()
+
+    def teardown():
+        if state["round"] == 0 and "peak_mib" not in extra:
+            extra["peak_mib"] = meter.stop()
+        state["round"] += 1
+
+    extra["rounds"] = rounds
+    benchmark.extra_info.update(extra)
+    benchmark.pedantic(lambda: (fn(), sync()), setup=setup, teardown=teardown, rounds=rounds, iterations=1,
+                       warmup_rounds=0)
+    benchmark.extra_info["peak_mib"] = extra["peak_mib"]
 
 
 def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, rtol: float = 2e-4) -> float:
