@@ -36,8 +36,13 @@ test: build
 cuda-check: $(VENV)/.deps
 	bash .ci/cuda_check.sh $(PY)
 
+# The whole benchmark suite (skips what this machine lacks; see BENCHMARKS.md), then its Markdown/PNG report
+# beside the JSON. BENCH_JSON: where the pytest-benchmark JSON goes.
+BENCH_JSON ?= build/bench/latest.json
 bench: build
-	$(PY) -m pytest benchmarks --benchmark-json=benchmarks/results/latest.json
+	mkdir -p $(dir $(BENCH_JSON))
+	$(PY) -m pytest benchmarks --benchmark-json=$(BENCH_JSON)
+	$(PY) -m benchmarks.report $(BENCH_JSON) > /dev/null
 
 build: $(VENV)/.built
 
