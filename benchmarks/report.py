@@ -26,7 +26,10 @@ LABEL_TEXT = {"reference": "reference (eager gtkernels_py)", "cpu": "gtkernels c
               "flex": "FlexAttention (exact, 2 calls)", "sdpa": "SDPA, no gate (lower bound)"}
 COLORS = {"cpu": "tab:green", "triton": "tab:olive", "cuda": "tab:cyan", "reference": "tab:red",
           "compile": "tab:orange", "flex": "tab:purple", "sdpa": "tab:gray"}
-MEM_FLOOR_MIB = 0.01  # log plots: a fused kernel's peak can be ~0 MiB of torch allocations
+MEM_FLOOR_MIB = 0.01
+MEMORY_TEXT = {"rss-hwm": "the process's resident-set high-water mark (VmHWM) minus the resident set before the call",
+               "profiler": "the running sum of torch's allocation events (torch.profiler)",
+               "cuda-max-allocated": "torch.cuda.max_memory_allocated minus the allocated memory before the call"}  # log plots: a fused kernel's peak can be ~0 MiB of torch allocations
 
 
 class Row(dict):
@@ -272,10 +275,11 @@ def render(data: dict, rows: List[Row], title: str, plots: List[str], json_name:
             f"- **Budgets:** memory {meta.get('memory_budget_gib', '?')} GiB per call, {meta.get('max_call_s', '?')} s "
             f"per call (estimated; larger cases skipped, listed below), ~{meta.get('target_s', '?')} s of timed "
             f"rounds per case", ""]
+    methods = sorted({r.get("memory_method", "?") for r in rows})
     out += ["Times are medians over the rounds; \"vs reference\" / \"vs compile\" = their median / this median "
-            "(> 1: this label is faster); memory = peak of torch's allocations during one call (CPU: profiler "
-            "memory events; CUDA: max allocated), inputs excluded, outputs and gradients included. ψω/φ GFLOP/s "
-            "counts the MLP matmuls over Σn² pairs (×3 for forward+backward), the same count for every label.", ""]
+            "(> 1: this label is faster). Memory = the peak a call adds, inputs excluded, outputs and gradients "
+            f"included, measured as {', '.join(MEMORY_TEXT.get(m, m) for m in methods)}. ψω/φ GFLOP/s counts the "
+            "MLP matmuls over Σn² pairs (×3 for forward+backward), the same count for every label.", ""]
     out += ["## Summary: the fastest gtkernels backend against each alternative", ""]
     out += summary_table(groups) + [""]
     slow = not_fastest(groups)
@@ -290,9 +294,9 @@ def render(data: dict, rows: List[Row], title: str, plots: List[str], json_name:
         out += [f"### {name}", "", describe(rs[0]), ""] + group_table(rs) + [""]
         notes = sorted({r["note"] for r in rs if r.get("note")})
         out += [f"*{n}*" for n in notes] + ([""] if notes else [])
-    skipped = meta.get("skipped") or {}
+    skipped = {t: r for t, r in (meta.get("skipped") or {}).items() if not r.startswith("smoke:")}
     if skipped:
-        out += ["## Skipped in this run", ""]
+        out += ["## Skipped in this run", "", "(The smoke cases' own selection is left out.)", ""]
         by_reason = collections.defaultdict(list)
         for test, reason in skipped.items():
             by_reason[reason].append(test)

@@ -31,7 +31,7 @@ def estimate(label: str, preset: str, batch):
     cfg = PRESETS[preset]
     layers, d, heads = cfg["num_layers"], cfg["d_model"], cfg["num_heads"]
     dense_flops = 6 * 16 * batch.rows_numel * d * d * layers      # QKV/O + GEGLU feed-forward, fwd+bwd
-    dense_bytes = 40 * batch.rows_numel * d * 4 * layers          # their saved activations
+    dense_bytes = 28 * batch.rows_numel * d * 4 * layers          # their saved activations (fitted, fused run)
     cpu = DEVICE.type == "cpu"
     if label in ("reference", "compile"):
         per_pair = 1000 + 20 * heads
