@@ -31,14 +31,15 @@ def estimate(label: str, preset: str, batch):
     cfg = PRESETS[preset]
     layers, d, heads = cfg["num_layers"], cfg["d_model"], cfg["num_heads"]
     dense_flops = 6 * 16 * batch.rows_numel * d * d * layers      # QKV/O + GEGLU feed-forward, fwd+bwd
+    # (mkldnn runs them at ~100 GFLOP/s on the 2-core CPU: the fused paper-preset step of 7,019 atoms took 13.5 s)
     dense_bytes = 28 * batch.rows_numel * d * 4 * layers          # their saved activations (fitted, fused run)
     cpu = DEVICE.type == "cpu"
     if label in ("reference", "compile"):
         per_pair = 1000 + 20 * heads
-        seconds = (layers * batch.dense_pairs * (2.2 + 0.02 * heads) * 1e-6 * 1.5 + dense_flops / 40e9
+        seconds = (layers * batch.dense_pairs * (2.2 + 0.02 * heads) * 1e-6 * 1.5 + dense_flops / 100e9
                    + (layers * batch.molecules * 2e-3 if batch.layout == "packed" else 0.0))
         return layers * batch.dense_pairs * per_pair + dense_bytes, (seconds if cpu else None)
-    seconds = layers * batch.pairs * (270 + 0.8 * heads) * 1e-9 + dense_flops / 40e9
+    seconds = layers * batch.pairs * (270 + 0.8 * heads) * 1e-9 + dense_flops / 100e9
     return dense_bytes, (seconds if cpu else None)
 
 
