@@ -136,13 +136,46 @@ const bool* valid_ptr(const std::optional<at::Tensor>& valid) {
   return valid.has_value() ? valid->data_ptr<bool>() : nullptr;
 }
 
+// What every launch needs besides the tensors: the packed MLP, its tensor-core weights, the chunk size and the
+// shared memory per program.
+template <class T>
+struct Prepared {
+  PackedMlp<T> mlp;
+  PackedMma mma;
+  int chunk = 0;
+  size_t smem = 0;
+};
+
+template <class Launcher, class T>
+Prepared<T> prepare(at::TensorList params, int hidden_act, int out_act, bool tensor_cores, const at::Device& dev) {
+  Prepared<T> p;
+  p.mlp = packed<T>(params, hidden_act, out_act, dev);
+  p.mma = pack_mma<T>(params, tensor_cores, dev);
+  p.chunk = pick_chunk<T>(p.mlp.view.n_layers, B::tile_stride(p.mlp.view, p.mma.view), p.mma.view.enabled ? 16 : 1,
+                          Launcher::smem_limit(dev), &p.smem);
+  return p;
+}
+
+// The inputs every encoding program reads: float64 pos [R, 3], valid, tiles, φ.
+template <class T>
+B::EncodingArgs<T> encoding_args(const at::Tensor& pos, const std::optional<at::Tensor>& valid,
+                                 const at::Tensor& tiles, const Prepared<T>& p) {
+  B::EncodingArgs<T> e{};
+  e.pos = pos.data_ptr<double>();
+  e.valid = valid_ptr<T>(valid);
+  e.tiles = tiles.data_ptr<int64_t>();
+  e.phi = p.mlp.view;
+  e.mma = p.mma.view;
+  e.chunk = p.chunk;
+  return e;
+}
+
 // ------------------------------------------------------------------------------------------------- attention
 // The inputs every attention program reads: q, k, v [R, H, D], float64 pos [R, 3], valid, tiles, scale, ψ.
 template <class T>
 B::AttentionArgs<T> attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const at::Tensor& pos, const std::optional<at::Tensor>& valid,
-                                   const at::Tensor& tiles, double scale, const PackedMlp<T>& mlp,
-                                   const PackedMma& mma, int chunk) {
+                                   const at::Tensor& tiles, double scale, const Prepared<T>& p) {
   B::AttentionArgs<T> a{};
   a.q = q.data_ptr<T>();
   a.k = k.data_ptr<T>();
@@ -153,9 +186,9 @@ B::AttentionArgs<T> attention_args(const at::Tensor& q, const at::Tensor& k, con
   a.H = static_cast<int>(q.size(1));
   a.D = static_cast<int>(q.size(2));
   a.scale = static_cast<T>(scale);
-  a.psi = mlp.view;
-  a.mma = mma.view;
-  a.chunk = chunk;
+  a.psi = p.mlp.view;
+  a.mma = p.mma.view;
+  a.chunk = p.chunk;
   return a;
 }
 
@@ -165,19 +198,15 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_t(const at::Tensor& q, const at
                                                    const std::optional<at::Tensor>& valid, double scale,
                                                    bool tensor_cores) {
   const at::Device dev = q.device();
-  PackedMlp<T> mlp = packed<T>(psi, gt::kActRelu, gt::kActNone, dev);
-  size_t smem = 0;
-  const PackedMma mma = pack_mma<T>(psi, tensor_cores, dev);
-  const int chunk = pick_chunk<T>(mlp.view.n_layers, B::tile_stride(mlp.view, mma.view), mma.view.enabled ? 16 : 1,
-                                  Launcher::smem_limit(dev), &smem);
-  B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, tiles, scale, mlp, mma, chunk);
+  const Prepared<T> p = prepare<Launcher, T>(psi, gt::kActRelu, gt::kActNone, tensor_cores, dev);
+  B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, tiles, scale, p);
   at::Tensor out = at::zeros_like(q);
   at::Tensor lse = at::full({q.size(0), q.size(1)}, -std::numeric_limits<double>::infinity(), q.options());
   at::Tensor lsum = at::zeros({q.size(0), q.size(1)}, q.options());
   a.out = out.data_ptr<T>();
   a.lse = lse.data_ptr<T>();
   a.lsum = lsum.data_ptr<T>();
-  Launcher::template attention_fwd<T>(a, tiles.size(0), smem, dev);
+  Launcher::template attention_fwd<T>(a, tiles.size(0), p.smem, dev);
   return {out, lse};
 }
 
@@ -207,16 +236,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
     const at::Tensor& out, const at::Tensor& lse, bool tensor_cores) {
   const at::Device dev = q.device();
   const int64_t n_tiles = tiles.size(0);
-  PackedMlp<T> mlp = packed<T>(psi, gt::kActRelu, gt::kActNone, dev);
-  size_t smem = 0;
-  const PackedMma mma = pack_mma<T>(psi, tensor_cores, dev);
-  const int chunk = pick_chunk<T>(mlp.view.n_layers, B::tile_stride(mlp.view, mma.view), mma.view.enabled ? 16 : 1,
-                                  Launcher::smem_limit(dev), &smem);
-  B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, tiles, scale, mlp, mma, chunk);
+  const Prepared<T> p = prepare<Launcher, T>(psi, gt::kActRelu, gt::kActNone, tensor_cores, dev);
+  B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, tiles, scale, p);
   const at::Tensor dsum = (dout * out).sum(-1).contiguous();  // D_i = Σ_d dO_i·O_i  [R, H]
   at::Tensor dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
   at::Tensor dpos = at::zeros_like(pos);
-  at::Tensor partial = at::zeros({n_tiles, mlp.view.grad_size}, q.options());
+  at::Tensor partial = at::zeros({n_tiles, p.mlp.view.grad_size}, q.options());
   a.dout = dout.data_ptr<T>();
   a.dsum = dsum.data_ptr<T>();
   a.lse_in = lse.data_ptr<T>();
@@ -225,8 +250,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
   a.dv = dv.data_ptr<T>();
   a.dpos = dpos.data_ptr<double>();
   a.grad_partial = partial.data_ptr<T>();
-  Launcher::template attention_bwd<T>(a, n_tiles, smem, dev);
-  return {dq, dk, dv, dpos, reduce_grad(mlp.view, partial, psi)};
+  Launcher::template attention_bwd<T>(a, n_tiles, p.smem, dev);
+  return {dq, dk, dv, dpos, reduce_grad(p.mlp.view, partial, psi)};
 }
 
 template <class Launcher>
@@ -260,20 +285,11 @@ template <class Launcher, class T>
 at::Tensor encoding_fwd_t(const at::Tensor& pos, at::TensorList phi, const at::Tensor& tiles,
                           const std::optional<at::Tensor>& valid, bool tensor_cores) {
   const at::Device dev = pos.device();
-  PackedMlp<T> mlp = packed<T>(phi, gt::kActGelu, gt::kActGelu, dev);
-  size_t smem = 0;
-  B::EncodingArgs<T> e{};
-  const PackedMma mma = pack_mma<T>(phi, tensor_cores, dev);
-  e.mma = mma.view;
-  e.chunk = pick_chunk<T>(mlp.view.n_layers, B::tile_stride(mlp.view, mma.view), mma.view.enabled ? 16 : 1,
-                          Launcher::smem_limit(dev), &smem);
+  const Prepared<T> p = prepare<Launcher, T>(phi, gt::kActGelu, gt::kActGelu, tensor_cores, dev);
+  B::EncodingArgs<T> e = encoding_args<T>(pos, valid, tiles, p);
   at::Tensor s = at::zeros({pos.size(0)}, phi[0].options());
-  e.pos = pos.data_ptr<double>();
-  e.valid = valid_ptr<T>(valid);
-  e.tiles = tiles.data_ptr<int64_t>();
-  e.phi = mlp.view;
   e.s = s.data_ptr<T>();
-  Launcher::template encoding_fwd<T>(e, tiles.size(0), smem, dev);
+  Launcher::template encoding_fwd<T>(e, tiles.size(0), p.smem, dev);
   return s;
 }
 
@@ -297,24 +313,15 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd_t(const at::Tensor&
                                                                bool tensor_cores) {
   const at::Device dev = pos.device();
   const int64_t n_tiles = tiles.size(0);
-  PackedMlp<T> mlp = packed<T>(phi, gt::kActGelu, gt::kActGelu, dev);
-  size_t smem = 0;
-  B::EncodingArgs<T> e{};
-  const PackedMma mma = pack_mma<T>(phi, tensor_cores, dev);
-  e.mma = mma.view;
-  e.chunk = pick_chunk<T>(mlp.view.n_layers, B::tile_stride(mlp.view, mma.view), mma.view.enabled ? 16 : 1,
-                          Launcher::smem_limit(dev), &smem);
+  const Prepared<T> p = prepare<Launcher, T>(phi, gt::kActGelu, gt::kActGelu, tensor_cores, dev);
+  B::EncodingArgs<T> e = encoding_args<T>(pos, valid, tiles, p);
   at::Tensor dpos = at::zeros_like(pos);
-  at::Tensor partial = at::zeros({n_tiles, mlp.view.grad_size}, ds.options());
-  e.pos = pos.data_ptr<double>();
-  e.valid = valid_ptr<T>(valid);
-  e.tiles = tiles.data_ptr<int64_t>();
-  e.phi = mlp.view;
+  at::Tensor partial = at::zeros({n_tiles, p.mlp.view.grad_size}, ds.options());
   e.ds = ds.data_ptr<T>();
   e.dpos = dpos.data_ptr<double>();
   e.grad_partial = partial.data_ptr<T>();
-  Launcher::template encoding_bwd<T>(e, n_tiles, smem, dev);
-  return {dpos, reduce_grad(mlp.view, partial, phi)};
+  Launcher::template encoding_bwd<T>(e, n_tiles, p.smem, dev);
+  return {dpos, reduce_grad(p.mlp.view, partial, phi)};
 }
 
 template <class Launcher>
