@@ -20,8 +20,20 @@ def _load() -> str:
 SKIPPED = {}  # test id -> skip reason, written into the JSON's machine_info for the report
 
 
+def _commit() -> str:
+    """HEAD when the run starts (another session may commit while it runs), +dirty with uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
 def pytest_configure(config):
-    config._gtk_bench_start = (time.time(), _load())
+    config._gtk_bench_start = (time.time(), _load(), _commit())
 
 
 def pytest_runtest_logreport(report):
@@ -32,16 +44,9 @@ def pytest_runtest_logreport(report):
 def pytest_benchmark_update_machine_info(config, machine_info):
     """What the report needs to say where the figures come from: device, versions, commit, load, command."""
     from benchmarks.common import DEVICE, FULL, MAX_CALL_S, TARGET_S, device_name, memory_budget, versions
-    try:
-        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "unknown", ""
-    start, load_start = getattr(config, "_gtk_bench_start", (time.time(), _load()))
+    start, load_start, commit = getattr(config, "_gtk_bench_start", (time.time(), _load(), _commit()))
     machine_info["gtkernels"] = dict(
-        device=device_name(), device_type=DEVICE.type, **versions(), commit=commit + ("+dirty" if dirty else ""),
+        device=device_name(), device_type=DEVICE.type, **versions(), commit=commit,
         command=" ".join([os.path.basename(sys.executable), "-m", "pytest"] + list(config.invocation_params.args)),
         load_at_start=load_start, load_at_end=_load(), wall_s=round(time.time() - start, 1),
         memory_budget_gib=round(memory_budget() / 2**30, 1), max_call_s=MAX_CALL_S, target_s=TARGET_S, full=FULL,
