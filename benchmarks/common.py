@@ -126,8 +126,10 @@ def mlp_flops(params: Sequence[torch.Tensor]) -> int:
 
 
 def pass_flops(params: Sequence[torch.Tensor], pairs: int, mode: str) -> int:
-    """ψω/φ FLOPs of one pass over ``pairs`` pairs: forward ×1; forward+backward ×3 (backward = 2× forward,
-    the usual convention: the fused kernels' recomputation of ψω in the backward is not counted as useful work)."""
+    """ψω/φ FLOPs of one pass over ``pairs`` (Σn², ordered) pairs: forward ×1; forward+backward ×3 (backward =
+    2× forward, the usual convention). The same count for every label: the work of the plain formulation. The
+    fused kernels' recomputation of ψω in the backward is not counted, and neither is their saving: the CPU
+    kernels evaluate ψω once per unordered pair (rinv_ij = rinv_ji), so their real rate is about half."""
     return mlp_flops(params) * int(pairs) * (1 if mode == "fwd" else 3)
 
 

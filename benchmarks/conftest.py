@@ -1,5 +1,6 @@
 import collections
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -47,7 +48,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     start, load_start, commit = getattr(config, "_gtk_bench_start", (time.time(), _load(), _commit()))
     machine_info["gtkernels"] = dict(
         device=device_name(), device_type=DEVICE.type, **versions(), commit=commit,
-        command=" ".join([os.path.basename(sys.executable), "-m", "pytest"] + list(config.invocation_params.args)),
+        command=shlex.join([os.path.basename(sys.executable), "-m", "pytest"] + list(config.invocation_params.args)),
         load_at_start=load_start, load_at_end=_load(), wall_s=round(time.time() - start, 1),
         memory_budget_gib=round(memory_budget() / 2**30, 1), max_call_s=MAX_CALL_S, target_s=TARGET_S, full=FULL,
         date=time.strftime("%Y-%m-%d %H:%M %Z"), skipped=dict(SKIPPED))

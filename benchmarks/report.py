@@ -258,7 +258,8 @@ def make_plots(rows: List[Row], out_prefix: str) -> List[str]:
 
 
 # -------------------------------------------------------------------------------------------------- report
-def render(data: dict, rows: List[Row], title: str, plots: List[str], json_name: str) -> str:
+def render(data: dict, rows: List[Row], title: str, plots: List[str], json_name: str,
+           notes: Iterable[str] = ()) -> str:
     meta = data.get("machine_info", {}).get("gtkernels", {})
     cpu = data.get("machine_info", {}).get("cpu", {})
     groups = group_rows(rows)
@@ -274,12 +275,15 @@ def render(data: dict, rows: List[Row], title: str, plots: List[str], json_name:
             f"{meta.get('load_at_end', '?')}; wall time of the run {meta.get('wall_s', '?')} s",
             f"- **Budgets:** memory {meta.get('memory_budget_gib', '?')} GiB per call, {meta.get('max_call_s', '?')} s "
             f"per call (estimated; larger cases skipped, listed below), ~{meta.get('target_s', '?')} s of timed "
-            f"rounds per case", ""]
+            f"rounds per case"]
+    out += [f"- **Note:** {n}" for n in notes] + [""]
     methods = sorted({r.get("memory_method", "?") for r in rows})
     out += ["Times are medians over the rounds; \"vs reference\" / \"vs compile\" = their median / this median "
             "(> 1: this label is faster). Memory = the peak a call adds, inputs excluded, outputs and gradients "
             f"included, measured as {', '.join(MEMORY_TEXT.get(m, m) for m in methods)}. ψω/φ GFLOP/s counts the "
-            "MLP matmuls over Σn² pairs (×3 for forward+backward), the same count for every label.", ""]
+            "MLP matmuls over Σn² ordered pairs (×3 for forward+backward), the same count for every label: the work "
+            "of the plain formulation. The fused CPU kernels evaluate ψω/φ once per unordered pair, about half of "
+            "that, so their actual FLOP rate is about half the figure shown.", ""]
     out += ["## Summary: the fastest gtkernels backend against each alternative", ""]
     out += summary_table(groups) + [""]
     slow = not_fastest(groups)
@@ -312,6 +316,7 @@ def main(argv=None) -> int:
     p.add_argument("json", help="pytest-benchmark JSON (pytest benchmarks/ --benchmark-json=FILE)")
     p.add_argument("--out", help="folder for the .md and .png files (default: the JSON's folder)")
     p.add_argument("--title", help="title of the Markdown page")
+    p.add_argument("--note", action="append", default=[], help="a line to add under the header (repeatable)")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
     data, rows = load(args.json)
@@ -324,7 +329,7 @@ def main(argv=None) -> int:
     plots = [] if args.no_plots else make_plots(rows, os.path.join(out_dir, stem))
     meta = data.get("machine_info", {}).get("gtkernels", {})
     title = args.title or f"gtkernels benchmarks: {meta.get('device', '?')}"
-    text = render(data, rows, title, plots, os.path.basename(args.json))
+    text = render(data, rows, title, plots, os.path.basename(args.json), args.note)
     md = os.path.join(out_dir, stem + ".md")
     with open(md, "w") as fh:
         fh.write(text + "\n")
