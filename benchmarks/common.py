@@ -320,3 +320,17 @@ def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, rtol: float =
     scale = float(want.abs().max()) if want.numel() else 0.0
     assert err <= rtol * max(scale, 1e-12) + 1e-7, f"{name}: max error {err:.3g} vs oracle scale {scale:.3g}"
     return err
+
+
+def first_call(label: str, forward: Callable[[], torch.Tensor], grad: bool, info: dict, oracle_name: str,
+               want: Optional[torch.Tensor]) -> None:
+    """Run ``forward()`` once untimed: record its time in ``info["first_call_s"]``, check its output against the
+    oracle's (``want``, from ``oracle_name``; skipped when the label is the oracle) and that it is finite."""
+    t0 = time.perf_counter()
+    with torch.set_grad_enabled(grad):
+        out = forward()
+    info["first_call_s"] = time.perf_counter() - t0
+    if want is not None and oracle_name != label:
+        info["max_abs_err"] = assert_close(f"{label} vs {oracle_name}", out, want)
+        info["checked_against"] = oracle_name
+    assert torch.isfinite(out).all(), f"{label}: non-finite outputs (rows without keys must give 0)"

@@ -11,7 +11,6 @@ every ψω weight (SDPA: q, k, v).
 from __future__ import annotations
 
 import functools
-import time
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ import torch
 import gtkernels
 import gtkernels_py
 from benchmarks import baselines
-from benchmarks.common import (DEVICE, HEADS, MODES, SHAPES, assert_close, backend_labels, fused_labels, get_batch,
+from benchmarks.common import (DEVICE, HEADS, MODES, SHAPES, backend_labels, first_call, fused_labels, get_batch,
                                is_smoke, measure, pass_flops, skip_if_too_big)
 from gtkernels_py.modules import PsiMLP
 
@@ -146,15 +145,7 @@ def test_attention(benchmark, shape, heads_key, mode, label):
     if want is None and est_s is not None and est_s > 5:
         predicted = est_s
     else:
-        t0 = time.perf_counter()
-        with torch.set_grad_enabled(grad):
-            out = forward()
-        info["first_call_s"] = time.perf_counter() - t0
-        if want is not None and name != label:
-            info["max_abs_err"] = assert_close(f"{label} vs {name}", out, want)
-            info["checked_against"] = name
-        assert torch.isfinite(out).all(), f"{label}: NaN/inf outputs (rows without keys must give 0)"
-        del out
+        first_call(label, forward, grad, info, name, want)
         if not (label == "compile" or flex_impl == "compiled"):
             predicted = info["first_call_s"] * (3 if grad else 1)
 

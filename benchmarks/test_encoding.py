@@ -6,7 +6,6 @@ form of this op. "fwd+bwd" takes gradients of the positions and every φ weight.
 from __future__ import annotations
 
 import functools
-import time
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ import torch
 import gtkernels
 import gtkernels_py
 from benchmarks import baselines
-from benchmarks.common import (DEVICE, MODES, SHAPES, assert_close, backend_labels, fused_labels, get_batch, is_smoke,
+from benchmarks.common import (DEVICE, MODES, SHAPES, backend_labels, first_call, fused_labels, get_batch, is_smoke,
                                measure, pass_flops, skip_if_too_big)
 
 LABELS = backend_labels() + ["compile"]
@@ -79,15 +78,7 @@ def test_encoding(benchmark, shape, mode, label):
                                                 validate=False)
 
     name, want = oracle(shape) if label != "reference" else (label, None)
-    t0 = time.perf_counter()
-    with torch.set_grad_enabled(grad):
-        out = forward()
-    info["first_call_s"] = time.perf_counter() - t0
-    if want is not None and name != label:
-        info["max_abs_err"] = assert_close(f"{label} vs {name}", out, want)
-        info["checked_against"] = name
-    assert torch.isfinite(out).all(), f"{label}: non-finite encoding"
-    del out
+    first_call(label, forward, grad, info, name, want)
 
     def step():
         with torch.set_grad_enabled(grad):
