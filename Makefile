@@ -8,6 +8,10 @@ PYTHON     ?= python3
 VENV       ?= .venv
 VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
+#   CONSTRAINTS  pip constraints file pinning every other package (default: constraints.txt, the CI environment);
+#                CONSTRAINTS= (empty) installs the newest versions the ranges of requirements-dev.txt allow.
+CONSTRAINTS ?= constraints.txt
+PIP_C      := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 PY         := $(VENV)/bin/python
 #   DEMO_BUDGET  seconds of training in `make demo` (default 180); DEMO_ARGS other `gtkernels train` options.
 DEMO_BUDGET ?= 180
@@ -46,10 +50,10 @@ bench: build
 
 build: $(VENV)/.built
 
-$(VENV)/.deps: requirements-dev.txt
+$(VENV)/.deps: requirements-dev.txt $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install -q "$(TORCH_SPEC)"; fi
-	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt $(PIP_C)
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import List, Sequence
 
 import numpy as np
@@ -74,3 +75,37 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a − b| / max(max |b|, 1e-30)."""
     a, b = a.detach(), b.detach()
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)) if b.numel() else 0.0
+
+
+# ------------------------------------------------------------------------------------------ the low-precision rule
+def summation_terms(mols: Sequence[Molecule], heads: int = 1, d: int = 1) -> dict:
+    """How many products enter one element of each result, the summation length of the error bound below.
+
+    Attention: ``out``, ``dq``, ``dk``, ``dv`` sum over the keys of a row and the head dimension (n·d);
+    ``dpos`` over the partners and every head (n·H·d); the ψω parameter gradients over every pair of the batch
+    and every head (Σn²·H·d). The encoding: ``s`` and ``dpos`` over the partners (n), φ's gradients over every
+    pair (Σn²).
+    """
+    n = max((len(m.z) for m in mols), default=1)
+    pairs = sum(len(m.z) ** 2 for m in mols)
+    return {"out": n * d, "q": n * d, "k": n * d, "v": n * d, "pos": n * heads * d, "psi": pairs * heads * d,
+            "s": n, "enc_pos": n, "phi": pairs}
+
+
+def two_x_bound(ref: torch.Tensor, exact: torch.Tensor, n_terms: int, dtype=torch.float32) -> float:
+    """FlashAttention's rule: a low-precision result may be off the float64 value by at most twice the error of
+    the reference run in the same precision. Floor: eps(dtype)·√n_terms, the growth of rounding error along an
+    n-term sum (a random walk of n roundings of relative size eps). A single reference run can be luckily
+    accurate on one element; the floor keeps a dependency's new summation order from failing a correct kernel,
+    while a real defect (a lost term, half-precision accumulation) is orders of magnitude above it."""
+    return max(2.0 * rel_err(ref, exact), torch.finfo(dtype).eps * math.sqrt(max(n_terms, 1)))
+
+
+def assert_two_x_rule(what: str, got: torch.Tensor, ref: torch.Tensor, exact: torch.Tensor, n_terms: int,
+                      dtype=torch.float32) -> float:
+    """Asserts :func:`two_x_bound` for ``got``; prints the error and bound (see them with ``pytest -s``)."""
+    bound = two_x_bound(ref, exact, n_terms, dtype)
+    err = rel_err(got, exact)
+    print(f"[2x rule] {what}: {err:.3g} (bound {bound:.3g}, reference {rel_err(ref, exact):.3g})")
+    assert err <= bound, f"{what}: error {err:.3g} above the bound {bound:.3g} (n_terms {n_terms})"
+    return err

@@ -10,7 +10,8 @@ import torch
 import gtkernels
 import gtkernels_py as R
 from conftest import requires_cpu
-from helpers import attention_inputs, mlp_params, qm9_molecules, random_molecules, rel_err
+from helpers import (assert_two_x_rule, attention_inputs, mlp_params, qm9_molecules, random_molecules, rel_err,
+                     summation_terms)
 
 pytestmark = requires_cpu
 
@@ -84,9 +85,10 @@ def test_attention_float32_two_x_rule(sizes, heads, d):
     ref32, ref32_g = _attention_pair(mols, heads, d, widths, torch.float32, "padded", "reference")
     out32, out32_g = _attention_pair(mols, heads, d, widths, torch.float32, "padded", "cpu")
     assert out32.dtype == torch.float32
-    assert rel_err(out32, exact) <= max(2 * rel_err(ref32, exact), 1e-6)
-    for a, r, e in zip(out32_g, ref32_g, exact_g):
-        assert rel_err(a, e) <= max(2 * rel_err(r, e), 1e-6)
+    terms = summation_terms(mols, heads, d)
+    assert_two_x_rule("attn f32 out", out32, ref32, exact, terms["out"])
+    for name, a, r, e in zip(["q", "k", "v", "pos"] + ["psi"] * (2 * len(widths) + 2), out32_g, ref32_g, exact_g):
+        assert_two_x_rule(f"d{name} f32", a, r, e, terms[name])
 
 
 def test_attention_large_molecule():
@@ -150,9 +152,10 @@ def test_encoding_float32_and_qm9():
     exact, exact_g = _encoding_pair(mols, [50], torch.float64, "padded", "reference")
     ref32, ref32_g = _encoding_pair(mols, [50], torch.float32, "padded", "reference")
     out32, out32_g = _encoding_pair(mols, [50], torch.float32, "padded", "cpu")
-    assert rel_err(out32, exact) <= max(2 * rel_err(ref32, exact), 1e-6)
-    for a, r, e in zip(out32_g, ref32_g, exact_g):
-        assert rel_err(a, e) <= max(2 * rel_err(r, e), 1e-6)
+    terms = summation_terms(mols)
+    assert_two_x_rule("enc f32 s", out32, ref32, exact, terms["s"])
+    for name, a, r, e in zip(["enc_pos", "phi", "phi", "phi", "phi"], out32_g, ref32_g, exact_g):
+        assert_two_x_rule(f"d{name} f32", a, r, e, terms[name])
 
 
 def test_encoding_gradcheck():

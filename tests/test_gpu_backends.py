@@ -18,7 +18,8 @@ import gtkernels_py as R  # noqa: E402
 from gtkernels._backends import resolve_backend  # noqa: E402
 from gtkernels.ops import registry  # noqa: E402
 from gtkernels.ops.layout import padded_segments, padded_to_rows  # noqa: E402
-from helpers import attention_inputs, mlp_params, qm9_molecules, random_molecules, rel_err  # noqa: E402
+from helpers import (assert_two_x_rule, attention_inputs, mlp_params, qm9_molecules, random_molecules, rel_err,
+                     summation_terms)  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 GPU_BACKENDS = ("triton", "cuda")
@@ -147,11 +148,10 @@ def test_attention_float32_two_x_rule(mols, heads, d, backend):
     ref32, ref32_g = _attention(inputs32, psi32, "reference")
     out32, out32_g = _attention(inputs32, psi32, backend)
     assert out32.dtype == torch.float32
-    bound = max(2 * rel_err(ref32, exact), 1e-6)
-    assert _report(f"attn f32 out (bound {bound:.3g})", rel_err(out32, exact)) <= bound
+    terms = summation_terms(mols, heads, d)
+    assert_two_x_rule("attn f32 out", out32, ref32, exact, terms["out"])
     for name, a, r, e in zip(_names(len(psi32)), out32_g, ref32_g, exact_g):
-        bound = max(2 * rel_err(r, e), 1e-6)
-        assert _report(f"  d{name} f32 (bound {bound:.3g})", rel_err(a, e)) <= bound, name
+        assert_two_x_rule(f"d{name} f32", a, r, e, terms[name.split("[")[0]])
 
 
 def test_attention_degenerate_rows_are_zero_not_nan(backend):
@@ -266,11 +266,10 @@ def test_encoding_float32_two_x_rule(backend):
     ref32, ref32_g = _encoding([pos32, mask, None], phi32, "reference")
     out32, out32_g = _encoding([pos32, mask, None], phi32, backend)
     assert out32.dtype == torch.float32
-    bound = max(2 * rel_err(ref32, exact), 1e-6)
-    assert _report(f"enc f32 s (bound {bound:.3g})", rel_err(out32, exact)) <= bound
-    for name, a, r, e in zip(["pos"] + [f"phi[{i}]" for i in range(len(phi32))], out32_g, ref32_g, exact_g):
-        bound = max(2 * rel_err(r, e), 1e-6)
-        assert _report(f"  d{name} f32 (bound {bound:.3g})", rel_err(a, e)) <= bound, name
+    terms = summation_terms(mols)
+    assert_two_x_rule("enc f32 s", out32, ref32, exact, terms["s"])
+    for name, a, r, e in zip(["enc_pos"] + ["phi"] * len(phi32), out32_g, ref32_g, exact_g):
+        assert_two_x_rule(f"d{name} f32", a, r, e, terms[name])
 
 
 def test_encoding_gradcheck_and_opcheck(backend):
@@ -363,8 +362,8 @@ def test_cuda_half_precision_inputs(backend):
         ref, _ = _attention(inputs, psi, "reference")
         out, grads = _attention(inputs, psi, "cuda")
         assert out.dtype == dtype and all(g.dtype == t.dtype for g, t in zip(grads, [*inputs[:4], *psi]))
-        bound = max(2 * rel_err(ref.double(), exact), 1e-3)
-        assert _report(f"attn {dtype} out (bound {bound:.3g})", rel_err(out.double(), exact)) <= bound
+        assert_two_x_rule(f"attn {dtype} out", out.double(), ref.double(), exact,
+                          summation_terms(mols, 2, 8)["out"], dtype)
 
 
 def _tf32_cases():
@@ -376,7 +375,7 @@ def _tf32_cases():
     psi32 = [p.detach().float().requires_grad_() for p in psi64]
     phi64 = mlp_params([50, 50], seed=4)   # one hidden h→h layer: the encoding's tensor-core matmul
     phi32 = [p.detach().float().requires_grad_() for p in phi64]
-    return inputs64, psi64, inputs32, psi32, phi64, phi32
+    return mols, inputs64, psi64, inputs32, psi32, phi64, phi32
 
 
 def test_cuda_tensor_core_path_tiling(backend, monkeypatch):
@@ -384,19 +383,22 @@ def test_cuda_tensor_core_path_tiling(backend, monkeypatch):
     it must agree with float64 as well as the exact float32 path does (2x rule)."""
     if backend != "cuda" or torch.cuda.is_available():
         pytest.skip("host emulation of the CUDA kernels only")
-    inputs64, psi64, inputs32, psi32, phi64, phi32 = _tf32_cases()
+    mols, inputs64, psi64, inputs32, psi32, phi64, phi32 = _tf32_cases()
     monkeypatch.setenv("GTKERNELS_TF32", "1")
     monkeypatch.setenv("GTKERNELS_CUDA_EMULATE_TF32_ROUNDING", "0")
     pos64, pos32 = (t[3] for t in (inputs64, inputs32))
     for run64, run32 in [((inputs64, psi64), (inputs32, psi32)),
                          (([pos64, inputs64[4], None], phi64), ([pos32, inputs32[4], None], phi32))]:
-        fn = _attention if len(run64[0]) == 6 else _encoding
+        attention = len(run64[0]) == 6
+        fn = _attention if attention else _encoding
         exact, exact_g = fn(*run64, "reference")
         ref, ref_g = fn(*run32, "reference")
         out, out_g = fn(*run32, "cuda")
-        assert rel_err(out, exact) <= max(2 * rel_err(ref, exact), 1e-6)
-        for a, r, e in zip(out_g, ref_g, exact_g):
-            assert rel_err(a, e) <= max(2 * rel_err(r, e), 1e-6)
+        names = _names(len(psi32)) if attention else ["enc_pos"] + ["phi"] * len(phi32)
+        terms = summation_terms(mols, 4, 16)
+        assert_two_x_rule("tf32 tiling out", out, ref, exact, terms["out" if attention else "s"])
+        for name, a, r, e in zip(names, out_g, ref_g, exact_g):
+            assert_two_x_rule(f"tf32 tiling d{name}", a, r, e, terms[name.split("[")[0]])
 
 
 def test_cuda_tf32_tensor_cores(backend, monkeypatch):
@@ -405,7 +407,7 @@ def test_cuda_tf32_tensor_cores(backend, monkeypatch):
     weight gradient, a sum with cancellation); bounds 4x. The error must exceed the exact path's: TF32 ran."""
     if backend != "cuda":
         pytest.skip("cuda backend")
-    inputs64, psi64, inputs32, psi32, phi64, phi32 = _tf32_cases()
+    _, inputs64, psi64, inputs32, psi32, phi64, phi32 = _tf32_cases()
     exact, exact_g = _attention(inputs64, psi64, "reference")
     ieee, _ = _attention(inputs32, psi32, "cuda")
     monkeypatch.setenv("GTKERNELS_TF32", "1")
