@@ -60,13 +60,13 @@ int pick_chunk(int n_layers, int stride, int min_chunk, size_t limit, size_t* by
   return 0;
 }
 
-// TF32 tensor cores for the hidden h→h layers of ψ/φ: opt-in for float32 inputs (GTKERNELS_TF32=1, like
+// TF32 tensor cores for the hidden h→h layers of ψ/φ: opt-in for float32 inputs (precision "tf32", like
 // torch's allow_tf32), always for float16/bfloat16 inputs (computed in float32; TF32 keeps more mantissa bits
 // than they have). float64 never.
-inline bool use_tensor_cores(at::ScalarType input_dtype) {
+inline bool use_tensor_cores(at::ScalarType input_dtype, c10::string_view precision) {
+  const bool tf32 = check_precision(precision);
   if (input_dtype == at::kHalf || input_dtype == at::kBFloat16) return true;
-  const char* e = std::getenv("GTKERNELS_TF32");
-  return input_dtype == at::kFloat && e != nullptr && std::string(e) == "1";
+  return input_dtype == at::kFloat && tf32;
 }
 
 // The zero-padded Wᵀ of the hidden h→h layers for the tensor-core tiles (B::MmaWeights), on `device`.
@@ -213,8 +213,11 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_t(const at::Tensor& q, const at
 template <class Launcher>
 std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                  const at::Tensor& pos, at::TensorList psi, const at::Tensor& seg,
-                                                 const std::optional<at::Tensor>& valid, double scale) {
+                                                 const std::optional<at::Tensor>& valid, int64_t max_atoms,
+                                                 double scale, c10::string_view precision) {
+  const bool tc = use_tensor_cores(q.scalar_type(), precision);
   const at::Tensor seg_host = check_attention_inputs(q, k, v, pos, psi, seg, valid, /*allow_half=*/true);
+  check_max_atoms(seg_host, max_atoms);
   const at::Tensor tiles = make_tiles(seg_host, q.device());
   const auto ct = compute_dtype(q.scalar_type());
   const at::Tensor qc = q.to(ct), kc = k.to(ct), vc = v.to(ct);
@@ -223,8 +226,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::
   if (ct == at::kDouble) {
     std::tie(out, lse) = attention_fwd_t<Launcher, double>(qc, kc, vc, pos, psic, tiles, valid, scale, false);
   } else {
-    std::tie(out, lse) = attention_fwd_t<Launcher, float>(qc, kc, vc, pos, psic, tiles, valid, scale,
-                                                          use_tensor_cores(q.scalar_type()));
+    std::tie(out, lse) = attention_fwd_t<Launcher, float>(qc, kc, vc, pos, psic, tiles, valid, scale, tc);
   }
   return {out.to(q.scalar_type()), lse};  // lse stays float32 for float16 / bfloat16 inputs
 }
@@ -257,9 +259,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
 template <class Launcher>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> attention_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos,
-    at::TensorList psi, const at::Tensor& seg, const std::optional<at::Tensor>& valid, double scale,
-    const at::Tensor& out, const at::Tensor& lse) {
+    at::TensorList psi, const at::Tensor& seg, const std::optional<at::Tensor>& valid, int64_t max_atoms,
+    double scale, c10::string_view precision, const at::Tensor& out, const at::Tensor& lse) {
+  const bool tc = use_tensor_cores(q.scalar_type(), precision);
   const at::Tensor seg_host = check_attention_inputs(q, k, v, pos, psi, seg, valid, /*allow_half=*/true);
+  check_max_atoms(seg_host, max_atoms);
   const auto ct = compute_dtype(q.scalar_type());
   check_attention_saved(q, dout, out, lse, ct);
   const at::Tensor tiles = make_tiles(seg_host, q.device());
@@ -272,8 +276,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
         attention_bwd_t<Launcher, double>(dc, qc, kc, vc, pos, psic, tiles, valid, scale, oc, lse, false);
   } else {
     std::tie(dq, dk, dv, dpos, dpsi) =
-        attention_bwd_t<Launcher, float>(dc, qc, kc, vc, pos, psic, tiles, valid, scale, oc, lse,
-                                          use_tensor_cores(q.scalar_type()));
+        attention_bwd_t<Launcher, float>(dc, qc, kc, vc, pos, psic, tiles, valid, scale, oc, lse, tc);
   }
   for (size_t i = 0; i < dpsi.size(); ++i) dpsi[i] = dpsi[i].to(psi[i].scalar_type());
   const auto dt = q.scalar_type();
@@ -295,14 +298,16 @@ at::Tensor encoding_fwd_t(const at::Tensor& pos, at::TensorList phi, const at::T
 
 template <class Launcher>
 at::Tensor encoding_fwd(const at::Tensor& pos, at::TensorList phi, const at::Tensor& seg,
-                        const std::optional<at::Tensor>& valid) {
+                        const std::optional<at::Tensor>& valid, int64_t max_atoms, c10::string_view precision) {
+  const bool tc = use_tensor_cores(phi.empty() ? at::kFloat : phi[0].scalar_type(), precision);
   const at::Tensor seg_host = check_encoding_inputs(pos, phi, seg, valid, /*allow_half=*/true);
+  check_max_atoms(seg_host, max_atoms);
   const at::Tensor tiles = make_tiles(seg_host, pos.device());
   const auto dt = phi[0].scalar_type();
   const std::vector<at::Tensor> phic = cast_all(phi, compute_dtype(dt));
   const at::Tensor s = compute_dtype(dt) == at::kDouble
                            ? encoding_fwd_t<Launcher, double>(pos, phic, tiles, valid, false)
-                           : encoding_fwd_t<Launcher, float>(pos, phic, tiles, valid, use_tensor_cores(dt));
+                           : encoding_fwd_t<Launcher, float>(pos, phic, tiles, valid, tc);
   return s.to(dt);
 }
 
@@ -327,8 +332,11 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd_t(const at::Tensor&
 template <class Launcher>
 std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd(const at::Tensor& ds, const at::Tensor& pos,
                                                              at::TensorList phi, const at::Tensor& seg,
-                                                             const std::optional<at::Tensor>& valid) {
+                                                             const std::optional<at::Tensor>& valid, int64_t max_atoms,
+                                                             c10::string_view precision) {
+  const bool tc = use_tensor_cores(phi.empty() ? at::kFloat : phi[0].scalar_type(), precision);
   const at::Tensor seg_host = check_encoding_inputs(pos, phi, seg, valid, /*allow_half=*/true);
+  check_max_atoms(seg_host, max_atoms);
   const auto dt = phi[0].scalar_type();
   check_encoding_upstream(ds, pos, dt);
   const at::Tensor tiles = make_tiles(seg_host, pos.device());
@@ -340,7 +348,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd(const at::Tensor& d
   if (ct == at::kDouble) {
     std::tie(dpos, dphi) = encoding_bwd_t<Launcher, double>(dsc, pos, phic, tiles, valid, false);
   } else {
-    std::tie(dpos, dphi) = encoding_bwd_t<Launcher, float>(dsc, pos, phic, tiles, valid, use_tensor_cores(dt));
+    std::tie(dpos, dphi) = encoding_bwd_t<Launcher, float>(dsc, pos, phic, tiles, valid, tc);
   }
   for (size_t i = 0; i < dphi.size(); ++i) dphi[i] = dphi[i].to(phi[i].scalar_type());
   return {dpos, dphi};

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
 
 #include "pair_math.h"
 
@@ -47,6 +48,23 @@ inline at::Tensor check_segments(const at::Tensor& seg, const std::optional<at::
     TORCH_CHECK(m.is_contiguous() && m.device() == dev, "gtkernels: valid must be a contiguous tensor on ", dev);
   }
   return host;
+}
+
+// precision: "ieee" (exact float32 matmuls, the default) or "tf32" (TF32 tensor cores, opt-in).
+inline bool check_precision(c10::string_view precision) {
+  TORCH_CHECK(precision == "ieee" || precision == "tf32", "gtkernels: precision must be \"ieee\" or \"tf32\", got \"",
+              std::string(precision), "\"");
+  return precision == "tf32";
+}
+
+// max_atoms bounds every molecule's row count (seg on the host, as check_segments returns it).
+inline void check_max_atoms(const at::Tensor& seg_host, int64_t max_atoms) {
+  TORCH_CHECK(max_atoms >= 0, "gtkernels: max_atoms must be >= 0, got ", max_atoms);
+  const int64_t* s = seg_host.data_ptr<int64_t>();
+  for (int64_t b = 0; b + 1 < seg_host.numel(); ++b) {
+    TORCH_CHECK(s[b + 1] - s[b] <= max_atoms, "gtkernels: molecule ", b, " has ", s[b + 1] - s[b],
+                " rows, more than max_atoms = ", max_atoms);
+  }
 }
 
 // MLP parameters [W0, b0, ..., Wn, bn]: 1..kMaxLayers Linear layers, W [out, in], b [out], layer 0 in = 1,

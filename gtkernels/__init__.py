@@ -7,8 +7,8 @@
 """
 from ._backends import backends, extension_available
 from .nn import FusedGeometricAttention, GeometricEncoding
-from .ops import geometric_attention, geometric_encoding
+from .ops import BatchGeometry, geometric_attention, geometric_encoding, prepare_geometry
 
 __version__ = "0.1.0"
-__all__ = ["backends", "extension_available", "geometric_attention", "geometric_encoding",
-           "FusedGeometricAttention", "GeometricEncoding"]
+__all__ = ["backends", "extension_available", "geometric_attention", "geometric_encoding", "prepare_geometry",
+           "BatchGeometry", "FusedGeometricAttention", "GeometricEncoding"]

@@ -24,6 +24,8 @@ except ImportError as exc:  # pragma: no cover - exercised only on machines with
     _EXTENSION_ERROR = exc
 
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+#: Float32 matmul precision of the GPU backends: "ieee" (exact, the default) or "tf32" (TF32 tensor cores).
+PRECISIONS = ("ieee", "tf32")
 CPU_DTYPES = (torch.float32, torch.float64)
 #: dtypes of the triton backend on CUDA (float16/bfloat16 accumulate in float32); the interpreter (CPU) runs
 #: float32 and float64 only.
@@ -86,6 +88,12 @@ MAX_MLP_WIDTH, MAX_MLP_LAYERS = 128, 5
 def mlp_fits_kernels(params) -> bool:
     """True when an MLP ``[W0, b0, ...]`` is within the compiled kernels' width and depth limits."""
     return len(params) // 2 <= MAX_MLP_LAYERS and max(p.shape[0] for p in params[::2]) <= MAX_MLP_WIDTH
+
+
+def check_precision(precision: str) -> None:
+    """``precision`` is one of :data:`PRECISIONS`."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def check_backend_at_construction(backend: str) -> None:

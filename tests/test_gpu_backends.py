@@ -74,21 +74,21 @@ def _on(device, tensors):
     return out
 
 
-def _attention(inputs, psi, backend):
+def _attention(inputs, psi, backend, precision="ieee"):
     """Output and gradients (q, k, v, pos, ψ...) of ``backend`` on copies of the CPU inputs, returned on CPU."""
     device = DEVICE if backend in GPU_BACKENDS else torch.device("cpu")
     q, k, v, pos, mask, cu = _on(device, inputs)
     psi = _on(device, psi)
-    out = gtkernels.geometric_attention(q, k, v, pos, psi, mask, cu_seqlens=cu, backend=backend)
+    out = gtkernels.geometric_attention(q, k, v, pos, psi, mask, cu_seqlens=cu, backend=backend, precision=precision)
     grads = _grads(out, [q, k, v, pos, *psi])
     return out.detach().cpu(), [g.cpu() for g in grads]
 
 
-def _encoding(inputs, phi, backend):
+def _encoding(inputs, phi, backend, precision="ieee"):
     device = DEVICE if backend in GPU_BACKENDS else torch.device("cpu")
     pos, mask, cu = _on(device, inputs)
     phi = _on(device, phi)
-    s = gtkernels.geometric_encoding(pos, phi, mask, cu_seqlens=cu, backend=backend)
+    s = gtkernels.geometric_encoding(pos, phi, mask, cu_seqlens=cu, backend=backend, precision=precision)
     return s.detach().cpu(), [g.cpu() for g in _grads(s, [pos, *phi])]
 
 
@@ -182,9 +182,9 @@ def test_attention_lse_and_rows_layout_match_cpu(backend):
     seg, valid = padded_segments(q.shape[0], q.shape[1], mask, q.device)
     rows = [padded_to_rows(t.detach()) for t in (q, k, v)] + [padded_to_rows(pos.detach())]
     psi = [p.detach() for p in mlp_params([50, 50, 50])]
-    out_c, lse_c = registry.attention_fwd(*rows, psi, seg, valid, 0.5, "cpu")
+    out_c, lse_c = registry.attention_fwd(*rows, psi, seg, valid, q.shape[1], 0.5, "ieee", "cpu")
     out_t, lse_t = registry.attention_fwd(*_on(DEVICE, rows), _on(DEVICE, psi), seg.to(DEVICE),
-                                          valid.to(DEVICE), 0.5, backend)
+                                          valid.to(DEVICE), q.shape[1], 0.5, "ieee", backend)
     out_t, lse_t = out_t.cpu(), lse_t.cpu()
     assert lse_t.dtype == torch.float64 and lse_t.shape == lse_c.shape
     assert torch.equal(torch.isinf(lse_t), torch.isinf(lse_c))
@@ -223,7 +223,7 @@ def test_attention_gradcheck_and_opcheck(backend):
     assert torch.autograd.gradcheck(f, (q, k, v, pos, *psi), eps=1e-6, atol=1e-7, fast_mode=True)
     seg, valid = padded_segments(q.shape[0], q.shape[1], mask, q.device)
     rows = [padded_to_rows(t.detach()).requires_grad_() for t in (q, k, v, pos)]
-    torch.library.opcheck(registry.attention_fwd, (*rows, psi, seg, valid, 0.5, backend))
+    torch.library.opcheck(registry.attention_fwd, (*rows, psi, seg, valid, q.shape[1], 0.5, "ieee", backend))
 
 
 # ------------------------------------------------------------------------------------------------------ encoding
@@ -283,7 +283,7 @@ def test_encoding_gradcheck_and_opcheck(backend):
     assert torch.autograd.gradcheck(f, (pos, *phi), eps=1e-6, atol=1e-7, fast_mode=True)
     seg, valid = padded_segments(pos.shape[0], pos.shape[1], mask, pos.device)
     torch.library.opcheck(registry.encoding_fwd, (padded_to_rows(pos.detach()).requires_grad_(), phi, seg, valid,
-                                                  backend))
+                                                  pos.shape[1], "ieee", backend))
 
 
 # ------------------------------------------------------------------------------------------------------- selection
@@ -384,7 +384,6 @@ def test_cuda_tensor_core_path_tiling(backend, monkeypatch):
     if backend != "cuda" or torch.cuda.is_available():
         pytest.skip("host emulation of the CUDA kernels only")
     mols, inputs64, psi64, inputs32, psi32, phi64, phi32 = _tf32_cases()
-    monkeypatch.setenv("GTKERNELS_TF32", "1")
     monkeypatch.setenv("GTKERNELS_CUDA_EMULATE_TF32_ROUNDING", "0")
     pos64, pos32 = (t[3] for t in (inputs64, inputs32))
     for run64, run32 in [((inputs64, psi64), (inputs32, psi32)),
@@ -393,7 +392,7 @@ def test_cuda_tensor_core_path_tiling(backend, monkeypatch):
         fn = _attention if attention else _encoding
         exact, exact_g = fn(*run64, "reference")
         ref, ref_g = fn(*run32, "reference")
-        out, out_g = fn(*run32, "cuda")
+        out, out_g = fn(*run32, "cuda", precision="tf32")
         names = _names(len(psi32)) if attention else ["enc_pos"] + ["phi"] * len(phi32)
         terms = summation_terms(mols, 4, 16)
         assert_two_x_rule("tf32 tiling out", out, ref, exact, terms["out" if attention else "s"])
@@ -402,7 +401,7 @@ def test_cuda_tensor_core_path_tiling(backend, monkeypatch):
 
 
 def test_cuda_tf32_tensor_cores(backend, monkeypatch):
-    """GTKERNELS_TF32=1: ψω/φ hidden layers on TF32 tensor cores (10-bit mantissa). Measured on these inputs
+    """precision="tf32": ψω/φ hidden layers on TF32 tensor cores (10-bit mantissa). Measured on these inputs
     (host emulation, rounding as the GPU's cvt.rna.tf32): out 5e-4, gradients up to 7e-2 (the first ψ layer's
     weight gradient, a sum with cancellation); bounds 4x. The error must exceed the exact path's: TF32 ran."""
     if backend != "cuda":
@@ -410,13 +409,12 @@ def test_cuda_tf32_tensor_cores(backend, monkeypatch):
     _, inputs64, psi64, inputs32, psi32, phi64, phi32 = _tf32_cases()
     exact, exact_g = _attention(inputs64, psi64, "reference")
     ieee, _ = _attention(inputs32, psi32, "cuda")
-    monkeypatch.setenv("GTKERNELS_TF32", "1")
-    out, grads = _attention(inputs32, psi32, "cuda")
+    out, grads = _attention(inputs32, psi32, "cuda", precision="tf32")
     err = _report("attn tf32 out", rel_err(out, exact))
     assert rel_err(ieee, exact) < err < 2e-3
     for name, a, e in zip(_names(len(psi32)), grads, exact_g):
         assert _report(f"  d{name} tf32", rel_err(a, e)) < 0.3, name
     pos64, pos32 = inputs64[3], inputs32[3]
     s_exact, _ = _encoding([pos64, inputs64[4], None], phi64, "reference")
-    s, _ = _encoding([pos32, inputs32[4], None], phi32, "cuda")
+    s, _ = _encoding([pos32, inputs32[4], None], phi32, "cuda", precision="tf32")
     assert 1e-6 < _report("enc tf32 s", rel_err(s, s_exact)) < 2e-3

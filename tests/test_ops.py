@@ -23,6 +23,9 @@ def test_state_dict_names_follow_the_paper():
     assert sd["linears.0.weight"].shape == (32, 32) and sd["transform_dist.seq.2.weight"].shape == (50, 50)
 
 
+MAXA = 5  # the largest molecule of _row_inputs
+
+
 def _row_inputs(dtype, layout):
     mols = random_molecules([5, 1, 3])
     q, k, v, pos, mask, cu = attention_inputs(mols, 2, 3, dtype=dtype, layout=layout)
@@ -42,18 +45,19 @@ def _row_inputs(dtype, layout):
 def test_opcheck(dtype, layout):
     q, k, v, pos, psi, seg, valid = _row_inputs(dtype, layout)
     scale = 0.5
-    torch.library.opcheck(registry.attention_fwd, (q, k, v, pos, psi, seg, valid, scale, "cpu"))
-    out, lse = registry.attention_fwd(q, k, v, pos, psi, seg, valid, scale, "cpu")
+    torch.library.opcheck(registry.attention_fwd, (q, k, v, pos, psi, seg, valid, MAXA, scale, "ieee", "cpu"))
+    out, lse = registry.attention_fwd(q, k, v, pos, psi, seg, valid, MAXA, scale, "ieee", "cpu")
     dout = torch.randn_like(out)
     # the backward op has no autograd formula (no double backward): opcheck it on plain tensors
     plain = [t.detach() for t in (q, k, v, pos)]
     torch.library.opcheck(registry.attention_bwd,
-                          (dout.detach(), *plain, [p.detach() for p in psi], seg, valid, scale, out.detach(),
-                           lse.detach(), "cpu"))
+                          (dout.detach(), *plain, [p.detach() for p in psi], seg, valid, MAXA, scale, "ieee",
+                           out.detach(), lse.detach(), "cpu"))
     phi = mlp_params([5], dtype=dtype)
-    torch.library.opcheck(registry.encoding_fwd, (pos, phi, seg, valid, "cpu"))
+    torch.library.opcheck(registry.encoding_fwd, (pos, phi, seg, valid, MAXA, "ieee", "cpu"))
     ds = torch.randn(pos.shape[0], dtype=dtype)
-    torch.library.opcheck(registry.encoding_bwd, (ds, pos.detach(), [p.detach() for p in phi], seg, valid, "cpu"))
+    torch.library.opcheck(registry.encoding_bwd, (ds, pos.detach(), [p.detach() for p in phi], seg, valid, MAXA,
+                                                   "ieee", "cpu"))
 
 
 class _TinyModel(nn.Module):

@@ -27,14 +27,6 @@ def padded_to_rows(x: Tensor) -> Tensor:
     return x.reshape((-1,) + tuple(x.shape[2:])).contiguous()
 
 
-def positions_as_rows(pos: Tensor) -> Tensor:
-    """``[B, N, 3]`` or ``[T, 3]`` → contiguous float64 ``[R, 3]``: the kernels compute distances in float64.
-
-    The cast is differentiable, so float32 positions get float32 gradients back.
-    """
-    return pos.reshape(-1, 3).to(torch.float64).contiguous()
-
-
 def packed_to_padded_index(cu_seqlens: Tensor) -> Tuple[Tensor, Tensor, int]:
     """For each packed row, its molecule and slot: ``(molecule [T], slot [T], max_atoms)``."""
     counts = (cu_seqlens[1:] - cu_seqlens[:-1]).long()

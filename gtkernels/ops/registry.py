@@ -2,9 +2,11 @@
 
 Every op works on the "segments of rows" layout shared by all compiled backends:
 ``q, k, v: [R, H, D]``, ``pos: [R, 3]`` (always float64: distances are computed in float64),
-``seg: int64 [B + 1]`` row boundaries of the molecules and ``valid: bool [R]`` or None (False marks a padding
-row). The public functions in :mod:`gtkernels.ops.attention` / :mod:`gtkernels.ops.encoding` convert the padded
-and packed layouts to it.
+``seg: int64 [B + 1]`` row boundaries of the molecules, ``valid: bool [R]`` or None (False marks a padding
+row) and ``max_atoms``, a host int bounding every molecule's row count (FlashAttention's ``max_seqlen``: the
+GPU backends size their launch grids with it and never copy ``seg`` to the host). ``precision`` ("ieee" or
+"tf32") selects the GPU backends' float32 matmuls. The public functions in :mod:`gtkernels.ops.attention` /
+:mod:`gtkernels.ops.encoding` convert the padded and packed layouts to it (:mod:`gtkernels.ops.geometry`).
 
 The ``backend`` string argument selects the implementation (``"cpu"`` and ``"cuda"``: ``torch.ops.gtkernels_C``,
 dispatched on the tensors' device; ``"cuda"`` on CPU tensors: the host emulation of the CUDA kernels,
@@ -40,13 +42,15 @@ def _kernels(backend: str, device: torch.device):
 # ---------------------------------------------------------------------------------------------------- attention
 @torch.library.custom_op("gtkernels::attention_fwd", mutates_args=())
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor], seg: Tensor,
-                  valid: Optional[Tensor], scale: float, backend: str) -> Tuple[Tensor, Tensor]:
+                  valid: Optional[Tensor], max_atoms: int, scale: float, precision: str,
+                  backend: str) -> Tuple[Tensor, Tensor]:
     """Fused geometric attention forward. Returns ``out [R, H, D]`` and the un-gated ``lse [R, H]``."""
-    return tuple(_kernels(backend, q.device).attention_fwd(q, k, v, pos, psi, seg, valid, scale))
+    return tuple(_kernels(backend, q.device).attention_fwd(q, k, v, pos, psi, seg, valid, max_atoms, scale,
+                                                           precision))
 
 
 @attention_fwd.register_fake
-def _(q, k, v, pos, psi, seg, valid, scale, backend):
+def _(q, k, v, pos, psi, seg, valid, max_atoms, scale, precision, backend):
     # lse: float64 for float64 inputs, float32 otherwise (float16/bfloat16 accumulate in float32)
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float64 if q.dtype == torch.float64
                                             else torch.float32)
@@ -54,32 +58,33 @@ def _(q, k, v, pos, psi, seg, valid, scale, backend):
 
 @torch.library.custom_op("gtkernels::attention_bwd", mutates_args=())
 def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor], seg: Tensor,
-                  valid: Optional[Tensor], scale: float, out: Tensor, lse: Tensor,
+                  valid: Optional[Tensor], max_atoms: int, scale: float, precision: str, out: Tensor, lse: Tensor,
                   backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, List[Tensor]]:
     """Fused backward by recomputation: returns ``dq, dk, dv, dpos`` and the ψω parameter gradients."""
     kernels = _kernels(backend, q.device)
-    dq, dk, dv, dpos, dpsi = kernels.attention_bwd(dout, q, k, v, pos, psi, seg, valid, scale, out, lse)
+    dq, dk, dv, dpos, dpsi = kernels.attention_bwd(dout, q, k, v, pos, psi, seg, valid, max_atoms, scale,
+                                                   precision, out, lse)
     return dq, dk, dv, dpos, list(dpsi)
 
 
 @attention_bwd.register_fake
-def _(dout, q, k, v, pos, psi, seg, valid, scale, out, lse, backend):
+def _(dout, q, k, v, pos, psi, seg, valid, max_atoms, scale, precision, out, lse, backend):
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(pos),
             [torch.empty_like(p) for p in psi])
 
 
 def _attention_setup(ctx, inputs, output):
-    q, k, v, pos, psi, seg, valid, scale, backend = inputs
+    q, k, v, pos, psi, seg, valid, max_atoms, scale, precision, backend = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, pos, seg, valid, out, lse, *psi)
-    ctx.scale, ctx.backend = scale, backend
+    ctx.max_atoms, ctx.scale, ctx.precision, ctx.backend = max_atoms, scale, precision, backend
 
 
 def _attention_backward(ctx, dout, dlse):
     q, k, v, pos, seg, valid, out, lse, *psi = ctx.saved_tensors
-    dq, dk, dv, dpos, dpsi = attention_bwd(dout.contiguous(), q, k, v, pos, psi, seg, valid, ctx.scale, out, lse,
-                                           ctx.backend)
-    return dq, dk, dv, dpos, dpsi, None, None, None, None
+    dq, dk, dv, dpos, dpsi = attention_bwd(dout.contiguous(), q, k, v, pos, psi, seg, valid, ctx.max_atoms,
+                                           ctx.scale, ctx.precision, out, lse, ctx.backend)
+    return dq, dk, dv, dpos, dpsi, None, None, None, None, None, None
 
 
 attention_fwd.register_autograd(_attention_backward, setup_context=_attention_setup)
@@ -87,39 +92,40 @@ attention_fwd.register_autograd(_attention_backward, setup_context=_attention_se
 
 # ---------------------------------------------------------------------------------------------------- encoding
 @torch.library.custom_op("gtkernels::encoding_fwd", mutates_args=())
-def encoding_fwd(pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Tensor], backend: str) -> Tensor:
+def encoding_fwd(pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Tensor], max_atoms: int,
+                 precision: str, backend: str) -> Tensor:
     """Fused geometric encoding forward: ``s [R]`` = Σ_j φ(rinv_ij) over the real atoms of each molecule."""
-    return _kernels(backend, pos.device).encoding_fwd(pos, phi, seg, valid)
+    return _kernels(backend, pos.device).encoding_fwd(pos, phi, seg, valid, max_atoms, precision)
 
 
 @encoding_fwd.register_fake
-def _(pos, phi, seg, valid, backend):
+def _(pos, phi, seg, valid, max_atoms, precision, backend):
     return phi[0].new_empty(pos.shape[:1])
 
 
 @torch.library.custom_op("gtkernels::encoding_bwd", mutates_args=())
-def encoding_bwd(ds: Tensor, pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Tensor],
-                 backend: str) -> Tuple[Tensor, List[Tensor]]:
+def encoding_bwd(ds: Tensor, pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Tensor], max_atoms: int,
+                 precision: str, backend: str) -> Tuple[Tensor, List[Tensor]]:
     """Backward of :func:`encoding_fwd`: returns ``dpos [R, 3]`` and the φ parameter gradients."""
-    dpos, dphi = _kernels(backend, pos.device).encoding_bwd(ds, pos, phi, seg, valid)
+    dpos, dphi = _kernels(backend, pos.device).encoding_bwd(ds, pos, phi, seg, valid, max_atoms, precision)
     return dpos, list(dphi)
 
 
 @encoding_bwd.register_fake
-def _(ds, pos, phi, seg, valid, backend):
+def _(ds, pos, phi, seg, valid, max_atoms, precision, backend):
     return torch.empty_like(pos), [torch.empty_like(p) for p in phi]
 
 
 def _encoding_setup(ctx, inputs, output):
-    pos, phi, seg, valid, backend = inputs
+    pos, phi, seg, valid, max_atoms, precision, backend = inputs
     ctx.save_for_backward(pos, seg, valid, *phi)
-    ctx.backend = backend
+    ctx.max_atoms, ctx.precision, ctx.backend = max_atoms, precision, backend
 
 
 def _encoding_backward(ctx, ds):
     pos, seg, valid, *phi = ctx.saved_tensors
-    dpos, dphi = encoding_bwd(ds.contiguous(), pos, phi, seg, valid, ctx.backend)
-    return dpos, dphi, None, None, None
+    dpos, dphi = encoding_bwd(ds.contiguous(), pos, phi, seg, valid, ctx.max_atoms, ctx.precision, ctx.backend)
+    return dpos, dphi, None, None, None, None, None
 
 
 encoding_fwd.register_autograd(_encoding_backward, setup_context=_encoding_setup)

@@ -18,7 +18,7 @@ from .layout import packed_to_padded_index
 MIN_DISTANCE = 1e-3
 #: The kernels index rows with ``cu_seqlens`` values, which are int32 in the FlashAttention convention.
 MAX_ROWS = 2**31 - 1
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _shape(t: Tensor) -> str:

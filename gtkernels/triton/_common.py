@@ -50,8 +50,8 @@ def tl_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float64 else PRECISION
+def dot_precision(dtype: torch.dtype, precision: str) -> str:
+    return "ieee" if dtype == torch.float64 else precision
 
 
 #: Force one block size (16, 32 or 64) for every shape, e.g. to tune on a GPU; None = :func:`block_size`.

@@ -115,7 +115,7 @@ def _attn_bwd_kernel(DO, Q, K, V, POS, VALID, PRM, TAB, SCALE, LSE, DD, DQ, DK, 
 
 
 def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor], seg: Tensor,
-                  valid: Optional[Tensor], scale: float, out: Tensor,
+                  valid: Optional[Tensor], max_atoms: int, scale: float, precision: str, out: Tensor,
                   lse: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, List[Tensor]]:
     """Fused backward by recomputation.
 
@@ -145,6 +145,6 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, ps
         dout.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), pos.to(torch.float64).contiguous(),
         valid_t, prm, tab, scale_t, lse.to(cd).contiguous(), dd, dq, dk, dv, dpos, grd, H, D, prm.numel(),
         HAS_VALID=has_valid, BM=block, BN=block, DP=max(16, triton.next_power_of_2(D)), HP=hp, NH=nh,
-        PREC=C.dot_precision(q.dtype), CD=C.tl_dtype(cd), **C.launch_options(block))
+        PREC=C.dot_precision(q.dtype, precision), CD=C.tl_dtype(cd), **C.launch_options(block))
     dpsi = C.unpack_grads(grd.sum(0), psi)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dpos, dpsi

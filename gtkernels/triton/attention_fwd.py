@@ -90,7 +90,7 @@ def _attn_fwd_kernel(Q, K, V, POS, VALID, PRM, TAB, SCALE, ACC, M, L, OUT, LSE, 
 
 
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor], seg: Tensor,
-                  valid: Optional[Tensor], scale: float) -> Tuple[Tensor, Tensor]:
+                  valid: Optional[Tensor], max_atoms: int, scale: float, precision: str) -> Tuple[Tensor, Tensor]:
     """Fused forward.
 
     Args:
@@ -124,5 +124,5 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor
     _attn_fwd_kernel[(tab.shape[0],)](
         q, k, v, pos, valid_t, prm, tab, scale_t, acc, lse, l_buf, out, lse, H, D,
         HAS_VALID=has_valid, BM=block, BN=block, DP=max(16, triton.next_power_of_2(D)), HP=hp, NH=nh,
-        PREC=C.dot_precision(q.dtype), CD=C.tl_dtype(cd), **C.launch_options(block))
+        PREC=C.dot_precision(q.dtype, precision), CD=C.tl_dtype(cd), **C.launch_options(block))
     return out, lse

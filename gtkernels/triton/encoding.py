@@ -98,7 +98,8 @@ def _setup(pos, phi, seg):
     return cd, prm, nh, hp, block, C.program_table(seg, block)
 
 
-def encoding_fwd(pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Tensor]) -> Tensor:
+def encoding_fwd(pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Tensor], max_atoms: int,
+                 precision: str) -> Tensor:
     """s ``[R]`` in the dtype of the φ parameters, from ``pos [R, 3]`` (read as float64), φ
     ``[W0, b0, ..., Wn, bn]``, int64 ``seg [B + 1]`` and bool ``valid [R]`` or None; 0 for padding rows."""
     R = pos.shape[0]
@@ -109,12 +110,12 @@ def encoding_fwd(pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Te
     valid_t, has_valid = C.valid_arg(valid, seg)
     _enc_fwd_kernel[(tab.shape[0],)](pos.to(torch.float64).contiguous(), valid_t, prm, tab, s,
                                      HAS_VALID=has_valid, BM=block, BN=block, HP=hp, NH=nh,
-                                     PREC=C.dot_precision(cd), CD=C.tl_dtype(cd), **C.launch_options(block))
+                                     PREC=C.dot_precision(cd, precision), CD=C.tl_dtype(cd), **C.launch_options(block))
     return s
 
 
-def encoding_bwd(ds: Tensor, pos: Tensor, phi: List[Tensor], seg: Tensor,
-                 valid: Optional[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+def encoding_bwd(ds: Tensor, pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Tensor], max_atoms: int,
+                 precision: str) -> Tuple[Tensor, List[Tensor]]:
     """Backward of :func:`encoding_fwd`: ``dpos [R, 3]`` float64 and the φ gradients (shapes/dtypes of φ)."""
     R = pos.shape[0]
     dpos = torch.zeros((R, 3), dtype=torch.float64, device=pos.device)
@@ -126,5 +127,5 @@ def encoding_bwd(ds: Tensor, pos: Tensor, phi: List[Tensor], seg: Tensor,
     valid_t, has_valid = C.valid_arg(valid, seg)
     _enc_bwd_kernel[(n_prog,)](ds.contiguous(), pos.to(torch.float64).contiguous(), valid_t, prm, tab, dpos, grd,
                                prm.numel(), HAS_VALID=has_valid, BM=block, BN=block, HP=hp, NH=nh,
-                               PREC=C.dot_precision(cd), CD=C.tl_dtype(cd), **C.launch_options(block))
+                               PREC=C.dot_precision(cd, precision), CD=C.tl_dtype(cd), **C.launch_options(block))
     return dpos, C.unpack_grads(grd.sum(0), phi)
