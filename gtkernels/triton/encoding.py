@@ -1,22 +1,16 @@
-"""Triton geometric positional encoding (DESIGN.md §2), rows layout of ``gtkernels::encoding_fwd/_bwd``.
+"""Geometric positional encoding in Triton (DESIGN.md §2): forward and backward kernels and their launchers,
+rows layout of ``gtkernels::encoding_fwd`` / ``encoding_bwd``.
 
 s_i = Σ_j φ(rinv_ij) over the real atoms j of i's molecule, j = i included (rinv_ii = 0 adds φ(0)), with
 φ = Linear(1→h) → GELU → ... → Linear(h→1) → GELU (exact erf GELU).
 
-Forward: one program per (molecule, block I of BM rows), looping over the molecule's blocks J: rinv on the
-tile (float64 geometry), φ on the [BM·BN] pair tile (hidden layers as ``tl.dot``), masked row sums.
-
-Backward: one program per (molecule, block J), looping over blocks I. With ds the incoming gradient, pair
-(i, j) receives ds_i·GELU'(z_ij) and pair (j, i) the same rinv with ds_j, so the program back-propagates the
-symmetric seed (ds_j + ds_i)·GELU'(z_ji) through φ once: its input gradient gives the complete position
-gradient of rows J; the weight gradients (each unordered pair then counted twice over all programs) use the
-seed halved. Weight gradients: one row per program of a [P, n_params] buffer, reduced with ``torch.sum``.
-
-Peak extra global memory: the packed φ weights and the float64 [num_programs, n_params] partials (the output
-layer's sums are taken in float64 inside the kernel). Nothing N×N.
+Both kernels walk tiles of BM rows (persistent grid), loop over the molecule's blocks of BN rows and evaluate
+φ on the [BM, BN] pair tile in register-sized chunks (:mod:`.helpers`). Forward: masked row sums. Backward,
+for the program of block J: pair (j, i) receives ds_j·φ'(rinv) and pair (i, j) the same rinv with ds_i, so
+the symmetric seed ½(ds_j + ds_i) goes back through φ once: doubled, its input gradient is the complete
+position gradient of rows J; as it is, the weight gradients (each unordered pair seen by two programs; the
+self pair, seen once, gets ds_i). Weight gradients: one float64 row per program, summed after.
 """
-from __future__ import annotations
-
 from typing import List, Optional, Tuple
 
 import torch
@@ -24,93 +18,97 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import _common as C
+from . import helpers as J
+from . import launch as L
 
 
 @triton.jit
-def _enc_fwd_kernel(POS, VALID, PRM, TAB, S, HAS_VALID: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                    HP: tl.constexpr, NH: tl.constexpr, PREC: tl.constexpr, CD: tl.constexpr):
+def _encoding_fwd_kernel(POS, VALID, SEG, PRM, SCR, S, R, MAXA, T, n_tiles, HAS_VALID: tl.constexpr,
+                         BM: tl.constexpr, BN: tl.constexpr, RG: tl.constexpr, HP: tl.constexpr, NH: tl.constexpr, CP: tl.constexpr,
+                         UB: tl.constexpr, CD: tl.constexpr, DD: tl.constexpr, PREC: tl.constexpr):
+    NP: tl.constexpr = BM * BN
     pid = tl.program_id(0)
-    s0 = tl.load(TAB + 3 * pid)
-    s1 = tl.load(TAB + 3 * pid + 1)
-    r0 = tl.load(TAB + 3 * pid + 2)
-    rows = r0 + tl.arange(0, BM)
-    rin = rows < s1
-    rok = C._row_ok(VALID, rows, rin, HAS_VALID)
-    xi, yi, zi = C._load_pos(POS, rows, rok)
-    acc = tl.zeros([BM], dtype=CD)
-    for c0 in range(s0, s1, BN):
-        cols = c0 + tl.arange(0, BN)
-        cok = C._row_ok(VALID, cols, cols < s1, HAS_VALID)
-        xj, yj, zj = C._load_pos(POS, cols, cok)
-        allowed, dx, dy, dz, r, rinv = C._pair_geometry(xi, yi, zi, xj, yj, zj, rows, cols, rok, cok)
-        zl, z0, z1, z2, z3 = C._mlp_fwd(tl.reshape(rinv.to(CD), BM * BN), PRM, NH, HP, 1, PREC)
-        val = tl.reshape(C._act(zl, 1), BM, BN)
-        real = rok[:, None] & cok[None, :]          # the self pair counts (rinv 0)
-        acc += tl.sum(tl.where(real, val, 0.0), axis=1)
-    tl.store(S + rows, acc.to(S.dtype.element_ty), mask=rin)
+    scr = SCR + pid.to(tl.int64) * (2 * NP + 2 * CP * HP)   # rinv | φ | MLP slabs
+    XS = scr
+    YS = scr + NP
+    SLABS = scr + 2 * NP
+    pairs = J.tile_offsets(BM, BN)
+    for tile in range(pid, n_tiles, tl.num_programs(0)):
+        s0, s1, r0, poison = J.tile_rows(SEG, tile, R, T, MAXA, BM)
+        if r0 < s1:
+            rows = r0 + tl.arange(0, BM)
+            rin = rows < s1
+            rok = J.row_ok(VALID, rows, rin, HAS_VALID)
+            acc = tl.zeros([BM], dtype=CD)
+            for c0 in range(s0, s1, BN):
+                cols = c0 + tl.arange(0, BN)
+                cok = J.row_ok(VALID, cols, cols < s1, HAS_VALID)
+                J.tile_rinv(XS, POS, VALID, r0, c0, s1, BM, BN, RG, HAS_VALID, CD)
+                J.mlp_map(XS, YS, PRM, SLABS, NP, J.GELU, J.GELU, NH, HP, CP, UB, CD, DD, PREC)
+                real = rok[:, None] & cok[None, :]          # the self pair counts (rinv 0)
+                acc += tl.sum(tl.where(real, tl.load(YS + pairs), 0.0), axis=1)
+                tl.debug_barrier()
+            acc = tl.where(poison, float("nan"), acc)
+            tl.store(S + rows, acc.to(S.dtype.element_ty), mask=rin)
 
 
 @triton.jit
-def _enc_bwd_kernel(DS, POS, VALID, PRM, TAB, DPOS, GRD, NPRM, HAS_VALID: tl.constexpr, BM: tl.constexpr,
-                    BN: tl.constexpr, HP: tl.constexpr, NH: tl.constexpr, PREC: tl.constexpr, CD: tl.constexpr):
+def _encoding_bwd_kernel(DS, POS, VALID, SEG, PRM, SCR, GRD, DPOS, R, MAXA, T, n_tiles, NPRM,
+                         HAS_VALID: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, RG: tl.constexpr, HP: tl.constexpr,
+                         NH: tl.constexpr, CP: tl.constexpr, UB: tl.constexpr, CD: tl.constexpr, DD: tl.constexpr,
+                         PREC: tl.constexpr):
+    NP: tl.constexpr = BM * BN
     pid = tl.program_id(0)
-    s0 = tl.load(TAB + 3 * pid)
-    s1 = tl.load(TAB + 3 * pid + 1)
-    r0 = tl.load(TAB + 3 * pid + 2)
+    scr = SCR + pid.to(tl.int64) * (3 * NP + (NH + 3) * CP * HP)   # rinv | seed | ∂L/∂rinv | slabs
+    XS = scr
+    SD = scr + NP
+    DXS = scr + 2 * NP
+    SLABS = scr + 3 * NP
     grd = GRD + pid.to(tl.int64) * NPRM
-    rows = r0 + tl.arange(0, BM)
-    rin = rows < s1
-    rok = C._row_ok(VALID, rows, rin, HAS_VALID)
-    xi, yi, zi = C._load_pos(POS, rows, rok)
-    ds_j = tl.load(DS + rows, mask=rok, other=0.0).to(CD)
-    gx = tl.zeros([BM], dtype=tl.float64)
-    gy = tl.zeros([BM], dtype=tl.float64)
-    gz = tl.zeros([BM], dtype=tl.float64)
-    for c0 in range(s0, s1, BN):
-        cols = c0 + tl.arange(0, BN)
-        cok = C._row_ok(VALID, cols, cols < s1, HAS_VALID)
-        xj, yj, zj = C._load_pos(POS, cols, cok)
-        ds_i = tl.load(DS + cols, mask=cok, other=0.0).to(CD)
-        allowed, dx, dy, dz, r, rinv = C._pair_geometry(xi, yi, zi, xj, yj, zj, rows, cols, rok, cok)
-        x = tl.reshape(rinv.to(CD), BM * BN)
-        zl, z0, z1, z2, z3 = C._mlp_fwd(x, PRM, NH, HP, 1, PREC)
-        real = rok[:, None] & cok[None, :]
-        # symmetric seed (ds_j + ds_i), halved for the weights; through the output GELU
-        seed = tl.where(real, 0.5 * (ds_j[:, None] + ds_i[None, :]), 0.0)
-        seed = C._act_bwd(zl, tl.reshape(seed, BM * BN), 1)
-        drinv = C._mlp_bwd(x, seed, z0, z1, z2, z3, PRM, grd, NH, HP, 1, PREC)
-        drinv = tl.reshape(drinv, BM, BN) * 2.0
-        c = C._rinv_grad_coeff(allowed, r, rinv, drinv)
-        gx += tl.sum(c * dx, axis=1)
-        gy += tl.sum(c * dy, axis=1)
-        gz += tl.sum(c * dz, axis=1)
-        tl.debug_barrier()  # the next block reads back the gradient row stored above
-    tl.store(DPOS + rows * 3 + 0, gx, mask=rin)
-    tl.store(DPOS + rows * 3 + 1, gy, mask=rin)
-    tl.store(DPOS + rows * 3 + 2, gz, mask=rin)
+    pairs = J.tile_offsets(BM, BN)
+    for tile in range(pid, n_tiles, tl.num_programs(0)):
+        s0, s1, r0, poison = J.tile_rows(SEG, tile, R, T, MAXA, BM)
+        if r0 < s1:
+            rows = r0 + tl.arange(0, BM)
+            rin = rows < s1
+            rok = J.row_ok(VALID, rows, rin, HAS_VALID)
+            ds_j = tl.load(DS + rows, mask=rok, other=0.0).to(CD)
+            for c0 in range(s0, s1, BN):
+                cols = c0 + tl.arange(0, BN)
+                cok = J.row_ok(VALID, cols, cols < s1, HAS_VALID)
+                ds_i = tl.load(DS + cols, mask=cok, other=0.0).to(CD)
+                real = rok[:, None] & cok[None, :]
+                tl.store(SD + pairs, tl.where(real, 0.5 * (ds_j[:, None] + ds_i[None, :]), 0.0))
+                J.tile_rinv(XS, POS, VALID, r0, c0, s1, BM, BN, RG, HAS_VALID, CD)   # (its barrier orders SD too)
+                J.mlp_backprop(XS, SD, DXS, PRM, grd, SLABS, NP, J.GELU, J.GELU, NH, HP, CP, UB, CD, DD, PREC)
+                J.add_position_grad(DPOS, DXS, POS, VALID, r0, c0, s1, BM, BN, RG, HAS_VALID)
+            if poison:
+                for comp in tl.static_range(3):
+                    tl.store(DPOS + rows * 3 + comp, tl.full([BM], float("nan"), tl.float64), mask=rin)
 
 
-def _setup(pos, phi, seg):
-    cd = C.compute_dtype(phi[0].dtype)
-    prm, nh, hp = C.pack_mlp(phi, cd)
-    block = C.block_size(C.max_atoms(seg))
-    return cd, prm, nh, hp, block, C.program_table(seg, block)
+def _prepare(pos, phi, seg, valid, max_atoms, precision):
+    L.check_segments(seg, valid, pos.shape[0], max_atoms, pos.device)
+    num = L.numerics(phi[0].dtype, precision)
+    prm, nh, hp = L.pack_mlp(phi, num.cd)
+    geo = L.tiles(seg, max_atoms, hp, num.cd)
+    const = dict(HAS_VALID=valid is not None, BM=geo.block, BN=geo.block, RG=geo.group_rows, HP=hp, NH=nh, CP=geo.chunk,
+                 UB=geo.units, CD=num.CD, DD=num.DD, PREC=num.PREC, **L.compile_options(geo.block))
+    return num, prm, nh, hp, geo, (valid if valid is not None else seg), const
 
 
 def encoding_fwd(pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Tensor], max_atoms: int,
                  precision: str) -> Tensor:
-    """s ``[R]`` in the dtype of the φ parameters, from ``pos [R, 3]`` (read as float64), φ
-    ``[W0, b0, ..., Wn, bn]``, int64 ``seg [B + 1]`` and bool ``valid [R]`` or None; 0 for padding rows."""
+    """s ``[R]`` in the dtype of the φ parameters, from float64 ``pos [R, 3]``, φ ``[W0, b0, ..., Wn, bn]``,
+    int64 ``seg [B + 1]``, bool ``valid [R]`` or None and the host bound ``max_atoms``; 0 for padding rows."""
     R = pos.shape[0]
+    num, prm, nh, hp, geo, valid_t, const = _prepare(pos, phi, seg, valid, max_atoms, precision)
     s = torch.zeros(R, dtype=phi[0].dtype, device=pos.device)
-    cd, prm, nh, hp, block, tab = _setup(pos, phi, seg)
-    if R == 0 or tab.shape[0] == 0:
+    if R == 0 or geo.n_tiles == 0:
         return s
-    valid_t, has_valid = C.valid_arg(valid, seg)
-    _enc_fwd_kernel[(tab.shape[0],)](pos.to(torch.float64).contiguous(), valid_t, prm, tab, s,
-                                     HAS_VALID=has_valid, BM=block, BN=block, HP=hp, NH=nh,
-                                     PREC=C.dot_precision(cd, precision), CD=C.tl_dtype(cd), **C.launch_options(block))
+    scratch = torch.empty(geo.programs * (2 * geo.block ** 2 + 2 * geo.chunk * hp), dtype=num.cd, device=pos.device)
+    L.launch(_encoding_fwd_kernel, (geo.programs,), pos.device, pos, valid_t, seg, prm, scratch, s, R, max_atoms,
+             geo.per_molecule, geo.n_tiles, **const)
     return s
 
 
@@ -118,14 +116,13 @@ def encoding_bwd(ds: Tensor, pos: Tensor, phi: List[Tensor], seg: Tensor, valid:
                  precision: str) -> Tuple[Tensor, List[Tensor]]:
     """Backward of :func:`encoding_fwd`: ``dpos [R, 3]`` float64 and the φ gradients (shapes/dtypes of φ)."""
     R = pos.shape[0]
+    num, prm, nh, hp, geo, valid_t, const = _prepare(pos, phi, seg, valid, max_atoms, precision)
     dpos = torch.zeros((R, 3), dtype=torch.float64, device=pos.device)
-    cd, prm, nh, hp, block, tab = _setup(pos, phi, seg)
-    n_prog = tab.shape[0]
-    if R == 0 or n_prog == 0:
+    if R == 0 or geo.n_tiles == 0:
         return dpos, [torch.zeros_like(p) for p in phi]
-    grd = torch.zeros((n_prog, prm.numel()), dtype=torch.float64, device=pos.device)
-    valid_t, has_valid = C.valid_arg(valid, seg)
-    _enc_bwd_kernel[(n_prog,)](ds.contiguous(), pos.to(torch.float64).contiguous(), valid_t, prm, tab, dpos, grd,
-                               prm.numel(), HAS_VALID=has_valid, BM=block, BN=block, HP=hp, NH=nh,
-                               PREC=C.dot_precision(cd, precision), CD=C.tl_dtype(cd), **C.launch_options(block))
-    return dpos, C.unpack_grads(grd.sum(0), phi)
+    scratch = torch.empty(geo.programs * (3 * geo.block ** 2 + (nh + 3) * geo.chunk * hp), dtype=num.cd,
+                          device=pos.device)
+    grd = torch.zeros((geo.programs, prm.numel()), dtype=torch.float64, device=pos.device)
+    L.launch(_encoding_bwd_kernel, (geo.programs,), pos.device, ds.contiguous(), pos, valid_t, seg, prm, scratch,
+             grd, dpos, R, max_atoms, geo.per_molecule, geo.n_tiles, prm.numel(), **const)
+    return dpos, L.unpack_grads(grd.sum(0), phi)

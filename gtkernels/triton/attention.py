@@ -1,0 +1,267 @@
+"""Fused geometric attention in Triton (DESIGN.md §5): forward and backward kernels and their launchers, rows
+layout of ``gtkernels::attention_fwd`` / ``attention_bwd``.
+
+Both kernels walk tiles of BM rows of one molecule (a persistent grid, :func:`.helpers.tile_rows`), loop over
+the molecule's key blocks of BN rows, evaluate ψω once per pair of the [BM, BN] tile in register-sized chunks
+(:func:`.helpers.mlp_map`), then loop over ALL heads inside the program reusing the gate g = ψ²: ψω, the
+O(HP²)-per-pair part, is never recomputed per head.
+
+Forward, per head: the online softmax keeps the UN-gated statistics (running max m, running sum l of exp(S − m))
+and the GATED numerator acc = Σ_j exp(S_ij − m)·g_ij·v_j, rescaled by exp(m_old − m_new) when m grows;
+out = acc / l (no renormalisation by the gates), lse = m + log l. The state of H heads cannot live in
+registers, so between key blocks it lives in per-row global buffers owned by the program; a molecule of one
+key block (QM9) writes out and lse directly.
+
+Backward, from the saved un-gated lse and Δ_i = Σ_d dO_i·O_i: P_ij = exp(S_ij − lse_i), dA_ij = dO_i·v_j,
+dS = P (g dA − Δ), dq = scale Σ_j dS k, dk = scale Σ_i dS q, dv = Σ_i P g dO, dg = Σ_heads P dA, dψ = 2ψ dg.
+The program of block J handles, for every block I, J as queries (dq_J, dg_JI) and J as keys (dk_J, dv_J,
+dg_IJᵀ); the symmetric seed ψ(dg_JI + dg_IJᵀ) goes back through ψω once: doubled, its input gradient gives
+the complete position gradient of rows J; as it is, the weight gradients (each unordered pair is seen by two
+programs). Every output row has one writer; ψ gradients go to one float64 row per program, summed after.
+
+Padding rows (valid False) are never loaded: NaN or Inf there cannot reach a real output.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from . import helpers as J
+from . import launch as L
+
+
+@triton.jit
+def _attention_fwd_kernel(Q, K, V, POS, VALID, SEG, PRM, SCR, M, LS, ACC, OUT, LSE, R, H, D, MAXA, T, n_tiles,
+                          SCALE: "fp64", HAS_VALID: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                          RG: tl.constexpr, DP: tl.constexpr, SMALL: tl.constexpr, HP: tl.constexpr,
+                          NH: tl.constexpr, CP: tl.constexpr, UB: tl.constexpr, CD: tl.constexpr, DD: tl.constexpr,
+                          PREC: tl.constexpr):
+    NP: tl.constexpr = BM * BN
+    pid = tl.program_id(0)
+    scr = SCR + pid.to(tl.int64) * (2 * NP + 2 * CP * HP)   # this program's scratch: rinv | ψ | MLP slabs
+    XS = scr
+    YS = scr + NP
+    SLABS = scr + 2 * NP
+    pairs = J.tile_offsets(BM, BN)
+    scale = tl.full([], SCALE, CD)      # (a Python float under the interpreter: exact there too)
+    HD = H * D
+    # addresses: a scalar base per tile (int64) plus int32 offsets within the tile, shared by every tensor of
+    # the [R, H, D] layout (loop-invariant pointer tensors would hold registers across the head loop)
+    i = tl.arange(0, BM)[:, None]
+    j = tl.arange(0, BN)[None, :]
+    for tile in range(pid, n_tiles, tl.num_programs(0)):
+        s0, s1, r0, poison = J.tile_rows(SEG, tile, R, T, MAXA, BM)
+        if r0 < s1:
+            rin = r0 + i < s1
+            rok = J.row_ok(VALID, r0 + i, rin, HAS_VALID)               # [BM, 1]
+            Qr = Q + r0 * HD
+            ACCr = ACC + r0 * HD
+            OUTr = OUT + r0 * HD
+            for c0 in range(s0, s1, BN):
+                cok = J.row_ok(VALID, c0 + j, c0 + j < s1, HAS_VALID)   # [1, BN]
+                allowed = rok & cok & (i + (r0 - c0) != j)
+                J.tile_rinv(XS, POS, VALID, r0, c0, s1, BM, BN, RG, HAS_VALID, CD)
+                J.mlp_map(XS, YS, PRM, SLABS, NP, J.RELU, J.NONE, NH, HP, CP, UB, CD, DD, PREC)
+                g = tl.load(YS + pairs)
+                g = g * g                               # the gate ψ², shared by every head
+                later = i * 0 + c0 > s0                 # a previous key block left state to read
+                last = c0 + BN >= s1
+                Kc = K + c0 * HD
+                Vc = V + c0 * HD
+                for h in range(H):
+                    ro = J.in_loop(i * HD + h * D)
+                    co = J.in_loop(j * HD + h * D)
+                    s = J.scores(Qr, Kc, ro, co, rok, cok, D, DP, SMALL, DD, CD, PREC) * scale
+                    s = tl.where(allowed, s, float("-inf"))
+                    mo = r0 * H + J.in_loop(i * H + h)
+                    m_old = tl.load(M + mo, mask=later & rin, other=float("-inf"))
+                    l_old = tl.load(LS + mo, mask=later & rin, other=0.0)
+                    m_new = tl.maximum(m_old, tl.max(s, axis=1, keep_dims=True))
+                    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)   # rows with no key yet
+                    alpha = tl.exp(m_old - m_safe)
+                    p = tl.exp(s - m_safe)                                   # un-gated probabilities × l
+                    l_new = l_old * alpha + tl.sum(p, axis=1, keep_dims=True)
+                    # gated numerator acc = acc·alpha + Σ_j p g v_j; after the last key block out = acc / l
+                    if last:
+                        has = l_new > 0.0        # padding rows, one-atom molecules: out 0, lse −inf
+                        l_safe = tl.where(has, l_new, 1.0)
+                        post = tl.where(poison, float("nan"), tl.where(has, 1.0 / l_safe, 0.0))
+                        J.accumulate(ACCr, OUTr, ro, rin, later, alpha, post, p * g, Vc, co, cok, D, DP, SMALL, DD,
+                                     CD, PREC)
+                        lse = tl.where(has, m_safe + tl.log(l_safe), float("-inf"))
+                        tl.store(LSE + mo, tl.where(poison, float("nan"), lse), mask=rin)
+                    else:
+                        J.accumulate(ACCr, ACCr, ro, rin, later, alpha, alpha * 0.0 + 1.0, p * g, Vc, co, cok, D, DP,
+                                     SMALL, DD, CD, PREC)
+                        tl.store(M + mo, m_new, mask=rin)
+                        tl.store(LS + mo, l_new, mask=rin)
+                tl.debug_barrier()   # the next key block rewrites the scratch and reads the state back
+
+
+@triton.jit
+def _attention_bwd_kernel(DO, Q, K, V, POS, VALID, SEG, PRM, SCR, GRD, LSE, DELTA, DQ, DK, DV, DPOS, R, H, D,
+                          MAXA, T, n_tiles, NPRM, SCALE: "fp64", HAS_VALID: tl.constexpr, BM: tl.constexpr,
+                          BN: tl.constexpr, RG: tl.constexpr, DP: tl.constexpr, SMALL: tl.constexpr, HP: tl.constexpr,
+                          NH: tl.constexpr, CP: tl.constexpr, UB: tl.constexpr, CD: tl.constexpr,
+                          DD: tl.constexpr, PREC: tl.constexpr):
+    NP: tl.constexpr = BM * BN
+    pid = tl.program_id(0)
+    scr = SCR + pid.to(tl.int64) * (4 * NP + (NH + 3) * CP * HP)   # rinv | ψ | seed | ∂L/∂rinv | slabs
+    XS = scr
+    YS = scr + NP
+    SD = scr + 2 * NP
+    DXS = scr + 3 * NP
+    SLABS = scr + 4 * NP
+    grd = GRD + pid.to(tl.int64) * NPRM
+    pairs = J.tile_offsets(BM, BN)
+    scale = tl.full([], SCALE, CD)
+    HD = H * D
+    i = tl.arange(0, BM)[:, None]     # rows J of the tile (int32 offsets from r0, see the forward)
+    j = tl.arange(0, BN)[None, :]     # rows I of the partner block (from c0)
+    for tile in range(pid, n_tiles, tl.num_programs(0)):
+        s0, s1, r0, poison = J.tile_rows(SEG, tile, R, T, MAXA, BM)
+        if r0 < s1:
+            rin = r0 + i < s1
+            rok = J.row_ok(VALID, r0 + i, rin, HAS_VALID)
+            one = tl.where(poison, float("nan"), 1.0) + tl.zeros([BM, 1], dtype=CD)   # NaN: a molecule > MAXA
+            Qr = Q + r0 * HD
+            Kr = K + r0 * HD
+            Vr = V + r0 * HD
+            DOr = DO + r0 * HD
+            DQr = DQ + r0 * HD
+            DKr = DK + r0 * HD
+            DVr = DV + r0 * HD
+            LSEr = LSE + r0 * H
+            DELTAr = DELTA + r0 * H
+            for c0 in range(s0, s1, BN):
+                cok = J.row_ok(VALID, c0 + j, c0 + j < s1, HAS_VALID)
+                allowed = rok & cok & (i + (r0 - c0) != j)
+                J.tile_rinv(XS, POS, VALID, r0, c0, s1, BM, BN, RG, HAS_VALID, CD)
+                J.mlp_map(XS, YS, PRM, SLABS, NP, J.RELU, J.NONE, NH, HP, CP, UB, CD, DD, PREC)
+                psi = tl.load(YS + pairs)
+                g = psi * psi
+                dg = tl.zeros([BM, BN], dtype=CD)
+                later = i * 0 + c0 > s0
+                Qc = Q + c0 * HD
+                Kc = K + c0 * HD
+                Vc = V + c0 * HD
+                DOc = DO + c0 * HD
+                LSEc = LSE + c0 * H
+                DELTAc = DELTA + c0 * H
+                for h in range(H):   # J as queries, I as keys: entry (j, i) = pair j → i
+                    ro = J.in_loop(i * HD + h * D)
+                    co = J.in_loop(j * HD + h * D)
+                    mo = J.in_loop(i * H + h)
+                    lse_j = tl.load(LSEr + mo, mask=rok, other=0.0)
+                    lse_j = tl.where(lse_j == float("-inf"), 0.0, lse_j)   # such rows have no allowed pair
+                    delta_j = tl.load(DELTAr + mo, mask=rok, other=0.0)
+                    s = J.scores(Qr, Kc, ro, co, rok, cok, D, DP, SMALL, DD, CD, PREC) * scale
+                    p = tl.where(allowed, tl.exp(s - lse_j), 0.0)
+                    da = J.scores(DOr, Vc, ro, co, rok, cok, D, DP, SMALL, DD, CD, PREC)
+                    dg += p * da
+                    ds = p * (g * da - delta_j)
+                    J.accumulate(DQr, DQr, ro, rok, later, one, one, ds * scale, Kc, co, cok, D, DP, SMALL, DD, CD,
+                                 PREC)
+                for h in range(H):   # I as queries, J as keys, kept in [J, I] orientation: (j, i) = pair i → j
+                    ro = J.in_loop(i * HD + h * D)
+                    co = J.in_loop(j * HD + h * D)
+                    mo = J.in_loop(j * H + h)
+                    lse_i = tl.load(LSEc + mo, mask=cok, other=0.0)
+                    lse_i = tl.where(lse_i == float("-inf"), 0.0, lse_i)
+                    delta_i = tl.load(DELTAc + mo, mask=cok, other=0.0)
+                    s = J.scores(Kr, Qc, ro, co, rok, cok, D, DP, SMALL, DD, CD, PREC) * scale
+                    p = tl.where(allowed, tl.exp(s - lse_i), 0.0)
+                    da = J.scores(Vr, DOc, ro, co, rok, cok, D, DP, SMALL, DD, CD, PREC)
+                    dg += p * da
+                    J.accumulate(DKr, DKr, ro, rok, later, one, one, p * (g * da - delta_i) * scale, Qc, co, cok, D,
+                                 DP, SMALL, DD, CD, PREC)
+                    J.accumulate(DVr, DVr, ro, rok, later, one, one, p * g, DOc, co, cok, D, DP, SMALL, DD, CD, PREC)
+                # ∂L/∂ψ of the unordered pair is 2ψ(dg_ji + dg_ij): seed ψ·dg for the weights (seen twice)
+                tl.store(SD + pairs, psi * dg)
+                tl.debug_barrier()
+                J.mlp_backprop(XS, SD, DXS, PRM, grd, SLABS, NP, J.RELU, J.NONE, NH, HP, CP, UB, CD, DD, PREC)
+                J.add_position_grad(DPOS, DXS, POS, VALID, r0, c0, s1, BM, BN, RG, HAS_VALID)
+            if poison:
+                for comp in tl.static_range(3):
+                    tl.store(DPOS + (r0 + i) * 3 + comp, tl.full([BM, 1], float("nan"), tl.float64), mask=rin)
+
+
+def _prepare(q, psi, seg, valid, max_atoms, precision):
+    R, H, D = q.shape
+    L.check_segments(seg, valid, R, max_atoms, q.device)
+    num = L.numerics(q.dtype, precision)
+    prm, nh, hp = L.pack_mlp(psi, num.cd)
+    geo = L.tiles(seg, max_atoms, hp, num.cd)
+    dp, small = L.small_head(D)
+    if dp > L.MAX_HEAD_DIM:
+        raise ValueError(f"backend='triton' supports head dims d_k <= {L.MAX_HEAD_DIM}, got {D}; use "
+                         "backend='cuda' or 'reference'")
+    valid_t = valid if valid is not None else seg
+    const = dict(HAS_VALID=valid is not None, BM=geo.block, BN=geo.block, RG=geo.group_rows, DP=dp, SMALL=small, HP=hp, NH=nh,
+                 CP=geo.chunk, UB=geo.units, CD=num.CD, DD=num.DD, PREC=num.PREC,
+                 **L.compile_options(geo.block))
+    return num, prm, nh, hp, geo, valid_t, const
+
+
+def attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor], seg: Tensor,
+                  valid: Optional[Tensor], max_atoms: int, scale: float, precision: str) -> Tuple[Tensor, Tensor]:
+    """Fused forward.
+
+    Args:
+        q, k, v: ``[R, H, D]`` contiguous, float32/float64 (float16/bfloat16 on GPU), D ≤ 128.
+        pos: ``[R, 3]`` float64. psi: ψω ``[W0, b0, ..., Wn, bn]`` (nn.Linear layout, ≤ 5 layers, width ≤ 128).
+        seg: int64 ``[B + 1]`` row boundaries; valid: bool ``[R]`` or None; max_atoms: host bound of the
+        molecule size; scale: softmax scale; precision: "ieee" | "tf32".
+
+    Returns:
+        ``out [R, H, D]`` (dtype of q) and the un-gated ``lse [R, H]`` (float64 for float64 inputs, float32
+        otherwise; −inf for rows with no allowed key).
+    """
+    R, H, D = q.shape
+    num, prm, nh, hp, geo, valid_t, const = _prepare(q, psi, seg, valid, max_atoms, precision)
+    out = torch.zeros_like(q)
+    lse = torch.full((R, H), float("-inf"), dtype=num.cd, device=q.device)
+    if R == 0 or H == 0 or D == 0 or geo.n_tiles == 0:
+        return out, lse
+    np_ = geo.block * geo.block
+    scratch = torch.empty(geo.programs * (2 * np_ + 2 * geo.chunk * hp), dtype=num.cd, device=q.device)
+    # online-softmax state between key blocks (molecules longer than one block)
+    m_buf = torch.empty((R, H), dtype=num.cd, device=q.device)
+    l_buf = torch.empty_like(m_buf)
+    acc = out if q.dtype == num.cd else torch.empty((R, H, D), dtype=num.cd, device=q.device)
+    L.launch(_attention_fwd_kernel, (geo.programs,), q.device,
+             q, k, v, pos, valid_t, seg, prm, scratch, m_buf, l_buf, acc, out, lse, R, H, D, max_atoms,
+             geo.per_molecule, geo.n_tiles, float(scale), **const)
+    return out, lse
+
+
+def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor], seg: Tensor,
+                  valid: Optional[Tensor], max_atoms: int, scale: float, precision: str, out: Tensor,
+                  lse: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, List[Tensor]]:
+    """Fused backward by recomputation.
+
+    Args: as :func:`attention_fwd`, plus ``dout`` and ``out`` ``[R, H, D]`` and the forward's ``lse [R, H]``.
+
+    Returns:
+        ``dq, dk, dv [R, H, D]`` (dtype of q), ``dpos [R, 3]`` float64, and the ψ gradients (shapes and dtypes
+        of ``psi``).
+    """
+    R, H, D = q.shape
+    num, prm, nh, hp, geo, valid_t, const = _prepare(q, psi, seg, valid, max_atoms, precision)
+    dpos = torch.zeros((R, 3), dtype=torch.float64, device=q.device)
+    if R == 0 or H == 0 or D == 0 or geo.n_tiles == 0:
+        return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), dpos,
+                [torch.zeros_like(p) for p in psi])
+    dq, dk, dv = (torch.zeros((R, H, D), dtype=num.cd, device=q.device) for _ in range(3))
+    delta = (dout.to(num.cd) * out.to(num.cd)).sum(-1).contiguous()      # Δ_i = Σ_d dO·O   [R, H]
+    np_ = geo.block * geo.block
+    scratch = torch.empty(geo.programs * (4 * np_ + (nh + 3) * geo.chunk * hp), dtype=num.cd, device=q.device)
+    grd = torch.zeros((geo.programs, prm.numel()), dtype=torch.float64, device=q.device)
+    L.launch(_attention_bwd_kernel, (geo.programs,), q.device,
+             dout.contiguous(), q, k, v, pos, valid_t, seg, prm, scratch, grd, lse.to(num.cd).contiguous(), delta,
+             dq, dk, dv, dpos, R, H, D, max_atoms, geo.per_molecule, geo.n_tiles, prm.numel(), float(scale),
+             **const)
+    dpsi = L.unpack_grads(grd.sum(0), psi)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dpos, dpsi

@@ -1,0 +1,354 @@
+"""``@triton.jit`` helpers shared by the attention and encoding kernels: the program's tile walk, the pair
+geometry of a tile, and the ψω/φ MLP on pair chunks.
+
+The MLP is the expensive part (O(HP²) per pair). It never runs on a whole BM×BN pair tile at once: the tile's
+inputs (rinv) go to a small per-program scratch buffer, and the MLP maps them in chunks of CP pairs sized to
+registers. A hidden h→h layer is a sum of K-blocked ``tl.dot`` over KB input units, whose operands are read
+back from the scratch, so no dot ever holds more than [CP, KB] × [KB, HP] values: no shared-memory blow-up and
+no spills, whatever the width (≤ 128) or depth. The backward recomputes a chunk's forward (its pre-activations
+kept in scratch, one [CP, HP] slab per layer), then back-propagates the chunk's seed through it.
+
+Scratch is global memory owned by one program (L1/L2 resident); ``tl.debug_barrier()`` (a CTA barrier) orders
+a program's stores before other threads of the same program read them.
+
+MLP packing (ψω, φ): ``[w0 (HP) | b0 (HP) | Wt (NH × HP × HP, [in][out]) | bh (NH × HP) | wl (HP) | bl (1)]``,
+every width zero-padded to HP (padded units stay exactly 0: act(0) = 0); NH = −1 for a single Linear(1→1)
+(``[w | b]``). Gradient rows use the same layout, in float64.
+"""
+import os
+
+import triton
+import triton.language as tl
+
+# activation ids (gtkernels.triton.launch.ACT_*)
+RELU = tl.constexpr(0)
+GELU = tl.constexpr(1)
+NONE = tl.constexpr(2)
+#: Compiled for a GPU, not run by the interpreter (which has no inline assembly): see :func:`in_loop`.
+COMPILED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+
+
+
+# ------------------------------------------------------------------------------------------------- tile walk
+@triton.jit
+def tile_rows(SEG, tile, R, T, MAXA, BM: tl.constexpr):
+    """Tile ``tile`` of the grid: molecule b = tile // T, row block t = tile % T. Returns the molecule's rows
+    [s0, s1) (seg clamped into [0, R], so a bad seg never reaches memory out of bounds), the tile's first row
+    r0 = s0 + t·BM, and ``poison``: the molecule has more rows than the launch's bound MAXA, so its rows beyond
+    T·BM are covered by no program and its covered outputs are written NaN instead of a silently partial sum."""
+    b = tile // T
+    t = tile - b * T
+    s0 = tl.minimum(tl.maximum(tl.load(SEG + b), 0), R)
+    s1 = tl.minimum(tl.maximum(tl.load(SEG + b + 1), s0), R)
+    return s0, s1, s0 + t * BM, (s1 - s0) > MAXA
+
+
+@triton.jit
+def row_ok(VALID, rows, inside, HAS_VALID: tl.constexpr):
+    """Rows inside the molecule and not padding."""
+    if HAS_VALID:
+        v = tl.load(VALID + rows, mask=inside, other=0)
+        return inside & (v != 0)
+    else:
+        return inside
+
+
+@triton.jit
+def tile_offsets(BM: tl.constexpr, BN: tl.constexpr):
+    """[BM, BN] offsets of the tile's pairs in a scratch vector (pair p = i·BN + j)."""
+    return tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
+
+
+@triton.jit
+def _group_geometry(POS, VALID, rows, cols, s1, HAS_VALID: tl.constexpr):
+    """Pairs (i, j) of a [RG, BN] group of the tile, in float64: allowed (both real, i ≠ j), p_i − p_j (1 on
+    excluded pairs, so their gradient stays finite), r, rinv = 1/(r + 1e-16) (0 on excluded pairs)."""
+    rok = row_ok(VALID, rows, rows < s1, HAS_VALID)
+    cok = row_ok(VALID, cols, cols < s1, HAS_VALID)
+    allowed = rok[:, None] & cok[None, :] & (rows[:, None] != cols[None, :])
+    dx = tl.where(allowed, tl.load(POS + rows * 3, mask=rok, other=0.0)[:, None]
+                  - tl.load(POS + cols * 3, mask=cok, other=0.0)[None, :], 1.0)
+    dy = tl.where(allowed, tl.load(POS + rows * 3 + 1, mask=rok, other=0.0)[:, None]
+                  - tl.load(POS + cols * 3 + 1, mask=cok, other=0.0)[None, :], 1.0)
+    dz = tl.where(allowed, tl.load(POS + rows * 3 + 2, mask=rok, other=0.0)[:, None]
+                  - tl.load(POS + cols * 3 + 2, mask=cok, other=0.0)[None, :], 1.0)
+    r = tl.sqrt(dx * dx + dy * dy + dz * dz)
+    rinv = tl.where(allowed, 1.0 / (r + 1e-16), 0.0)
+    return allowed, dx, dy, dz, r, rinv
+
+
+@triton.jit
+def tile_rinv(XS, POS, VALID, r0, c0, s1, BM: tl.constexpr, BN: tl.constexpr, RG: tl.constexpr,
+              HAS_VALID: tl.constexpr, CD: tl.constexpr):
+    """XS[p] = rinv of the tile's pairs (0 where excluded), computed in groups of RG rows (one pair per
+    thread) so the float64 geometry never occupies many registers."""
+    cols = c0 + tl.arange(0, BN)
+    for g in range(0, BM, RG):
+        rows = r0 + g + tl.arange(0, RG)
+        allowed, dx, dy, dz, r, rinv = _group_geometry(POS, VALID, rows, cols, s1, HAS_VALID)
+        tl.store(XS + (g + tl.arange(0, RG))[:, None] * BN + tl.arange(0, BN)[None, :], rinv.to(CD))
+    tl.debug_barrier()
+
+
+@triton.jit
+def add_position_grad(DPOS, DXS, POS, VALID, r0, c0, s1, BM: tl.constexpr, BN: tl.constexpr, RG: tl.constexpr,
+                      HAS_VALID: tl.constexpr):
+    """DPOS[i] += Σ_j 2·DXS_ij · ∂rinv_ij/∂p_i over the tile, ∂rinv/∂p_i = −rinv²/r · (p_i − p_j); DXS holds
+    ∂L/∂rinv of a symmetric seed (the factor 2 adds the pair's other orientation). The program owns rows
+    r0..r0+BM of DPOS (float64)."""
+    cols = c0 + tl.arange(0, BN)
+    for g in range(0, BM, RG):
+        rows = r0 + g + tl.arange(0, RG)
+        allowed, dx, dy, dz, r, rinv = _group_geometry(POS, VALID, rows, cols, s1, HAS_VALID)
+        drinv = tl.load(DXS + (g + tl.arange(0, RG))[:, None] * BN + tl.arange(0, BN)[None, :])
+        c = tl.where(allowed & (r > 0.0), -2.0 * rinv * rinv / r, 0.0) * drinv.to(tl.float64)
+        rin = rows < s1
+        out = DPOS + rows * 3
+        tl.store(out, tl.load(out, mask=rin, other=0.0) + tl.sum(c * dx, axis=1), mask=rin)
+        tl.store(out + 1, tl.load(out + 1, mask=rin, other=0.0) + tl.sum(c * dy, axis=1), mask=rin)
+        tl.store(out + 2, tl.load(out + 2, mask=rin, other=0.0) + tl.sum(c * dz, axis=1), mask=rin)
+    tl.debug_barrier()
+
+
+@triton.jit
+def in_loop(offs):
+    """``offs`` (int32), through an opaque register move. Offsets of a loop body's loads that are loop-invariant
+    apart from a scalar (row·HD + h·D) would otherwise be re-associated by LLVM into an invariant 64-bit pointer
+    tensor hoisted out of the loop, held in registers across it (8 rows × 2 registers per pointer tensor):
+    with it, the address arithmetic stays in the body, where it costs an add per element."""
+    if COMPILED:
+        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [offs], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        return offs
+
+
+# ---------------------------------------------------------------------------------------------- activations
+@triton.jit
+def act(z, ACT: tl.constexpr):
+    """ReLU, exact (erf) GELU, or identity."""
+    if ACT == RELU:
+        return tl.maximum(z, 0.0)
+    elif ACT == GELU:
+        return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    else:
+        return z
+
+
+@triton.jit
+def act_grad(z, g, ACT: tl.constexpr):
+    """g · act'(z). GELU'(z) = Φ(z) + z·exp(−z²/2)/√(2π)."""
+    if ACT == RELU:
+        return tl.where(z > 0.0, g, 0.0)
+    elif ACT == GELU:
+        return g * (0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
+                    + z * 0.3989422804014327 * tl.exp(-0.5 * z * z))
+    else:
+        return g
+
+
+# -------------------------------------------------------------------------------------------- MLP on chunks
+# A chunk of CP pairs goes through the MLP in blocks of UB units: every layer reads its input slab [CP, HP]
+# (pre-activations) from scratch and writes its output slab, one [CP, UB] block at a time, so no tensor wider
+# than [CP, UB] is ever held in registers, whatever HP (≤ 128) and depth. Dots are [CP, UB] × [UB, UB] (DD
+# operands, CD accumulate).
+@triton.jit
+def _slab(S, p, u0, HP: tl.constexpr, UB: tl.constexpr):
+    """Pointers [CP, UB] of units u0..u0+UB of a slab [CP, HP] (row p = pair of the chunk)."""
+    return S + p[:, None] * HP + (u0 + tl.arange(0, UB))[None, :]
+
+
+@triton.jit
+def _layer_fwd(SRC, DST, PRM, layer, ACT: tl.constexpr, NH: tl.constexpr, HP: tl.constexpr, CP: tl.constexpr,
+               UB: tl.constexpr, CD: tl.constexpr, DD: tl.constexpr, PREC: tl.constexpr):
+    """Hidden layer ``layer``: DST = act(SRC) Wt + b, slab to slab."""
+    p = tl.arange(0, CP)
+    u = tl.arange(0, UB)
+    W = PRM + 2 * HP + layer * HP * HP
+    bias = PRM + 2 * HP + NH * HP * HP + layer * HP
+    for ob in range(0, HP, UB):
+        acc = tl.zeros([CP, UB], dtype=CD)
+        for ib in range(0, HP, UB):
+            a = act(tl.load(_slab(SRC, p, ib, HP, UB)), ACT)
+            w = tl.load(W + (ib + u)[:, None] * HP + (ob + u)[None, :])
+            acc += tl.dot(a.to(DD), w.to(DD), input_precision=PREC, out_dtype=CD)
+        tl.store(_slab(DST, p, ob, HP, UB), acc + tl.load(bias + ob + u)[None, :])
+    tl.debug_barrier()
+
+
+@triton.jit
+def mlp_chunk_fwd(x_ptr, PRM, SLABS, ACT: tl.constexpr, NH: tl.constexpr, HP: tl.constexpr, CP: tl.constexpr,
+                  UB: tl.constexpr, CD: tl.constexpr, DD: tl.constexpr, PREC: tl.constexpr, KEEP: tl.constexpr):
+    """MLP of the chunk's inputs (``x_ptr``: CP scratch values) up to the last Linear, before any output
+    activation: returns zl [CP]. Slab l of SLABS receives the pre-activations of layer l (KEEP: all NH + 1
+    kept, for the backward; else two slabs used in turn)."""
+    p = tl.arange(0, CP)
+    u = tl.arange(0, UB)
+    x = tl.load(x_ptr + p)
+    for ob in range(0, HP, UB):
+        z0 = x[:, None] * tl.load(PRM + ob + u)[None, :] + tl.load(PRM + HP + ob + u)[None, :]
+        tl.store(_slab(SLABS, p, ob, HP, UB), z0)
+    tl.debug_barrier()
+    for layer in range(NH):   # a runtime loop: one copy of the layer's code, whatever the depth
+        if KEEP:
+            src = SLABS + layer * CP * HP
+            dst = src + CP * HP
+        else:
+            src = SLABS + (layer % 2) * CP * HP
+            dst = SLABS + ((layer + 1) % 2) * CP * HP
+        _layer_fwd(src, dst, PRM, layer, ACT, NH, HP, CP, UB, CD, DD, PREC)
+    last = SLABS + ((NH if KEEP else NH % 2) * CP * HP)
+    off_l = 2 * HP + NH * HP * HP + NH * HP
+    zl = tl.zeros([CP], dtype=CD) + tl.load(PRM + off_l + HP)
+    for ob in range(0, HP, UB):
+        zl += tl.sum(act(tl.load(_slab(last, p, ob, HP, UB)), ACT) * tl.load(PRM + off_l + ob + u)[None, :], axis=1)
+    return zl
+
+
+@triton.jit
+def mlp_map(XS, YS, PRM, SLABS, NP: tl.constexpr, ACT: tl.constexpr, OUT_ACT: tl.constexpr, NH: tl.constexpr,
+            HP: tl.constexpr, CP: tl.constexpr, UB: tl.constexpr, CD: tl.constexpr, DD: tl.constexpr,
+            PREC: tl.constexpr):
+    """YS[p] = out_act(MLP(XS[p])) for the NP pairs of the scratch vectors XS, YS, in chunks of CP pairs
+    (SLABS: two [CP, HP] slabs)."""
+    for c in range(0, NP, CP):
+        p = c + tl.arange(0, CP)
+        if NH < 0:   # a single Linear(1→1)
+            zl = tl.load(XS + p) * tl.load(PRM) + tl.load(PRM + HP)
+        else:
+            zl = mlp_chunk_fwd(XS + c, PRM, SLABS, ACT, NH, HP, CP, UB, CD, DD, PREC, False)
+        tl.store(YS + p, act(zl, OUT_ACT))
+    tl.debug_barrier()
+
+
+@triton.jit
+def _add_grad(GRD, offs, g):
+    """Read-modify-write of this program's float64 gradient row (one owner: no atomics)."""
+    tl.store(GRD + offs, tl.load(GRD + offs) + g.to(tl.float64))
+
+
+@triton.jit
+def _layer_bwd(ZIN, G, GNEXT, PRM, GRD, layer, ACT: tl.constexpr, NH: tl.constexpr, HP: tl.constexpr,
+               CP: tl.constexpr, UB: tl.constexpr, CD: tl.constexpr, DD: tl.constexpr, PREC: tl.constexpr):
+    """Back through hidden layer ``layer`` (z_out = act(z_in) Wt + b) for G = ∂L/∂z_out: dWt += act(z_in)ᵀ G
+    and db += Σ_p G into GRD, and GNEXT = ∂L/∂z_in = (G Wtᵀ) ⊙ act'(z_in)."""
+    p = tl.arange(0, CP)
+    u = tl.arange(0, UB)
+    W = PRM + 2 * HP + layer * HP * HP
+    gw = 2 * HP + layer * HP * HP
+    gb = 2 * HP + NH * HP * HP + layer * HP
+    for ib in range(0, HP, UB):
+        a_t = act(tl.load(ZIN + p[None, :] * HP + (ib + u)[:, None]), ACT)                  # [UB, CP]
+        dzin = tl.zeros([CP, UB], dtype=CD)
+        for ob in range(0, HP, UB):
+            g = tl.load(_slab(G, p, ob, HP, UB))                                              # [CP, UB]
+            dw = tl.dot(a_t.to(DD), g.to(DD), input_precision=PREC, out_dtype=CD)            # [UB, UB]
+            _add_grad(GRD, gw + (ib + u)[:, None] * HP + (ob + u)[None, :], dw)
+            w_t = tl.load(W + (ib + u)[None, :] * HP + (ob + u)[:, None])                     # [UB(o), UB(i)]
+            dzin += tl.dot(g.to(DD), w_t.to(DD), input_precision=PREC, out_dtype=CD)
+        zin = tl.load(_slab(ZIN, p, ib, HP, UB))
+        tl.store(_slab(GNEXT, p, ib, HP, UB), act_grad(zin, dzin, ACT))
+    for ob in range(0, HP, UB):
+        _add_grad(GRD, gb + ob + u, tl.sum(tl.load(_slab(G, p, ob, HP, UB)), axis=0))
+    tl.debug_barrier()
+
+
+@triton.jit
+def mlp_backprop(XS, SEED, DXS, PRM, GRD, SLABS, NP: tl.constexpr, ACT: tl.constexpr, OUT_ACT: tl.constexpr,
+                 NH: tl.constexpr, HP: tl.constexpr, CP: tl.constexpr, UB: tl.constexpr, CD: tl.constexpr,
+                 DD: tl.constexpr, PREC: tl.constexpr):
+    """For the NP pairs of the scratch vectors, with SEED[p] = ∂L/∂y_p (y = out_act(MLP(x))): accumulates
+    every parameter gradient into this program's row GRD and writes DXS[p] = ∂L/∂x_p. Chunks of CP pairs;
+    each recomputes its forward into SLABS (NH + 1 pre-activation slabs, then two gradient slabs)."""
+    q = tl.arange(0, CP)
+    u = tl.arange(0, UB)
+    off_l = 2 * HP + NH * HP * HP + NH * HP
+    G0 = SLABS + (NH + 1) * CP * HP
+    G1 = G0 + CP * HP
+    for c in range(0, NP, CP):
+        p = c + q
+        x = tl.load(XS + p)
+        seed = tl.load(SEED + p)
+        if NH < 0:   # a single Linear(1→1): y = out_act(w x + b)
+            zl = x * tl.load(PRM) + tl.load(PRM + HP)
+            dzl = act_grad(zl, seed, OUT_ACT)
+            _add_grad(GRD, 0, tl.sum(dzl * x, axis=0))
+            _add_grad(GRD, HP, tl.sum(dzl, axis=0))
+            dx = dzl * tl.load(PRM)
+        else:
+            zl = mlp_chunk_fwd(XS + c, PRM, SLABS, ACT, NH, HP, CP, UB, CD, DD, PREC, True)
+            dzl = act_grad(zl, seed, OUT_ACT)
+            # output layer (sums over the chunk in float64: no later layer averages their rounding), and
+            # G = ∂L/∂z of the last hidden pre-activation
+            _add_grad(GRD, off_l + HP, tl.sum(dzl.to(tl.float64), axis=0))
+            last = SLABS + NH * CP * HP
+            for ob in range(0, HP, UB):
+                z = tl.load(_slab(last, q, ob, HP, UB))
+                _add_grad(GRD, off_l + ob + u, tl.sum(dzl.to(tl.float64)[:, None] * act(z, ACT).to(tl.float64),
+                                                      axis=0))
+                tl.store(_slab(G0, q, ob, HP, UB),
+                         act_grad(z, dzl[:, None] * tl.load(PRM + off_l + ob + u)[None, :], ACT))
+            tl.debug_barrier()
+            for back in range(NH):    # a runtime loop, as in the forward
+                layer = NH - 1 - back
+                g_in = G0 + (back % 2) * CP * HP
+                g_out = G0 + ((back + 1) % 2) * CP * HP
+                _layer_bwd(SLABS + layer * CP * HP, g_in, g_out, PRM, GRD, layer, ACT, NH, HP, CP, UB, CD, DD, PREC)
+            G = G0 if NH % 2 == 0 else G1    # ∂L/∂z0, z0 = x w0 + b0
+            dx = tl.zeros([CP], dtype=CD)
+            for ib in range(0, HP, UB):
+                g = tl.load(_slab(G, q, ib, HP, UB))
+                _add_grad(GRD, ib + u, tl.sum(g * x[:, None], axis=0))
+                _add_grad(GRD, HP + ib + u, tl.sum(g, axis=0))
+                dx += tl.sum(g * tl.load(PRM + ib + u)[None, :], axis=1)
+            tl.debug_barrier()   # the slabs are rewritten by the next chunk
+        tl.store(DXS + p, dx)
+    tl.debug_barrier()
+
+
+# ------------------------------------------------------------------------------------------- per-head products
+@triton.jit
+def scores(A, B, roff, coff, rmask, cmask, D, DP: tl.constexpr, SMALL: tl.constexpr, DD: tl.constexpr,
+           CD: tl.constexpr, PREC: tl.constexpr):
+    """[BM, BN] = a_i·b_j over one head: rows ``A + roff`` ([BM, 1]) and ``B + coff`` ([1, BN]) of D values
+    each (masked rows read as 0). Small head dims: a sum of outer products of columns; else K-blocked tl.dot."""
+    if SMALL:
+        acc = tl.zeros([roff.shape[0], coff.shape[1]], dtype=CD)
+        for d in tl.static_range(DP):
+            a = tl.load(A + roff + d, mask=rmask & (roff * 0 + d < D), other=0.0).to(CD)
+            b = tl.load(B + coff + d, mask=cmask & (coff * 0 + d < D), other=0.0).to(CD)
+            acc += a * b
+        return acc
+    else:   # K-blocks of 16 head units read straight from q / k: small dot operands
+        acc = tl.zeros([roff.shape[0], coff.shape[1]], dtype=CD)
+        dd = tl.arange(0, 16)
+        for d0 in tl.static_range(0, DP, 16):
+            m = (d0 + dd < D)[None, :]
+            a = tl.load(A + roff + (d0 + dd)[None, :], mask=rmask & m, other=0.0)
+            b = tl.load(B + tl.trans(coff) + (d0 + dd)[None, :], mask=tl.trans(cmask) & m, other=0.0)
+            acc += tl.dot(a.to(DD), tl.trans(b.to(DD)), input_precision=PREC, out_dtype=CD)
+        return acc
+
+
+@triton.jit
+def accumulate(SRC_OLD, DST, roff, rmask, old, alpha, post, w, B, coff, cmask, D, DP: tl.constexpr,
+               SMALL: tl.constexpr, DD: tl.constexpr, CD: tl.constexpr, PREC: tl.constexpr):
+    """DST[i] = (old_i ? SRC_OLD[i]·alpha_i : 0) + Σ_j w_ij b_j, times post_i, for the rows ``roff`` [BM, 1]
+    (D values each, stored where rmask) and the rows ``B + coff`` [1, BN] of b; w [BM, BN] in CD; old, alpha
+    and post [BM, 1]. SRC_OLD and DST are the same row offsets of two buffers (or one)."""
+    if SMALL:
+        for d in tl.static_range(DP):
+            b = tl.load(B + coff + d, mask=cmask & (coff * 0 + d < D), other=0.0).to(CD)
+            m = rmask & (roff * 0 + d < D)
+            acc = tl.load(SRC_OLD + roff + d, mask=m & old, other=0.0).to(CD) * alpha
+            acc += tl.sum(w * b, axis=1, keep_dims=True)
+            tl.store(DST + roff + d, (acc * post).to(DST.dtype.element_ty), mask=m)
+    else:   # blocks of 16 output units: [BM, 16] accumulators
+        wd = w.to(DD)
+        dd = tl.arange(0, 16)
+        for d0 in tl.static_range(0, DP, 16):
+            cm = (d0 + dd < D)[None, :]
+            m = rmask & cm
+            b = tl.load(B + tl.trans(coff) + (d0 + dd)[None, :], mask=tl.trans(cmask) & cm, other=0.0)
+            acc = tl.load(SRC_OLD + roff + (d0 + dd)[None, :], mask=m & old, other=0.0).to(CD)
+            acc = acc * alpha + tl.dot(wd, b.to(DD), input_precision=PREC, out_dtype=CD)
+            tl.store(DST + roff + (d0 + dd)[None, :], (acc * post).to(DST.dtype.element_ty), mask=m)
