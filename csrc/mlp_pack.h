@@ -57,10 +57,9 @@ PackedMlp<T> pack_mlp(at::TensorList params, int hidden_act, int out_act) {
     gtotal = align(gtotal + m.ld[l]);
   }
   m.grad_size = gtotal;
-  const at::TensorOptions opt =
-      at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value).device(params.empty() ? at::kCPU
-                                                                                          : params[0].device());
-  pk.buffer = at::zeros({std::max<int64_t>(total, 1)}, opt);
+  TORCH_CHECK(L >= 1, "gtkernels: an MLP needs at least one Linear layer [W0, b0], got ", params.size(), " tensors");
+  const auto dtype = c10::CppTypeToScalarType<T>::value;
+  pk.buffer = at::zeros({std::max<int64_t>(total, 1)}, params[0].options().dtype(dtype));  // on their device
   for (int l = 0; l < L; ++l) {
     const at::Tensor W = params[2 * l].detach();      // [out, in]
     const at::Tensor bias = params[2 * l + 1].detach();  // [out]
