@@ -5,7 +5,8 @@ kernels clamp seg into [0, R] and write NaN into every output of a molecule with
 The host emulation checks seg's values, except under its test hook GTKERNELS_CUDA_EMULATE_UNCHECKED=1, which
 also frames every output buffer of a launch with sentinel bytes and raises on an out-of-bounds write. Here the
 inputs are views into larger buffers whose guard rows hold NaN (True for valid): a read outside rows [0, R)
-would make the outputs non-finite, and the guard rows must stay untouched.
+would make the outputs non-finite, and the guard rows must stay untouched. Last, the empty tiles of a grid
+sized by a loose max_atoms change nothing.
 """
 import pytest
 import torch
@@ -186,3 +187,33 @@ def test_checked_emulation_rejects_what_the_gpu_poisons(monkeypatch):
     seg_p, valid = padded_segments(2, 4, None, torch.device("cpu"))
     with pytest.raises(RuntimeError, match="seg\\[-1\\] must equal"):
         _emulated("encoding_fwd")(pos[:8].contiguous(), psi, seg_p[:-1].contiguous(), None, 4, "ieee")
+
+
+@pytest.mark.parametrize("valid_rows", [False, True], ids=["packed", "with_padding"])
+def test_empty_tiles_change_nothing(valid_rows):
+    """max_atoms far above the largest molecule: most programs get an empty tile (r0 = r1) or a tile of padding
+    rows only, and return; every output equals that of the tight bound, the ψ/φ gradients (a sum over more zero
+    partial rows) to rounding."""
+    (q, k, v, pos), seg = _packed_rows()
+    valid = None
+    if valid_rows:
+        valid = torch.ones(q.shape[0], dtype=torch.bool)
+        valid[seg[1]:seg[1] + 33] = False   # the large molecule's first tile and more are padding
+    psi = [p.detach() for p in mlp_params([50, 50, 50], seed=3)]
+    phi = [p.detach() for p in mlp_params([50], seed=4)]
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(5), dtype=q.dtype)
+    ds = torch.randn(q.shape[0], generator=torch.Generator().manual_seed(6), dtype=q.dtype)
+
+    def run(n):
+        out, lse = _emulated("attention_fwd")(q, k, v, pos, psi, seg, valid, n, 0.5, "ieee")
+        grads = _emulated("attention_bwd")(dout, q, k, v, pos, psi, seg, valid, n, 0.5, "ieee", out, lse)
+        s = _emulated("encoding_fwd")(pos, phi, seg, valid, n, "ieee")
+        enc_grads = _emulated("encoding_bwd")(ds, pos, phi, seg, valid, n, "ieee")
+        return [out, lse, *grads[:4], s, enc_grads[0]], list(grads[4]) + list(enc_grads[1])
+
+    rows_tight, params_tight = run(max(SIZES))
+    rows_loose, params_loose = run(10 * max(SIZES))
+    for a, b in zip(rows_loose, rows_tight):
+        assert torch.equal(a, b)
+    for a, b in zip(params_loose, params_tight):
+        assert torch.allclose(a, b, rtol=1e-13, atol=1e-15)
