@@ -1,16 +1,25 @@
-// fused_glue.h — the torch side of the block kernels (cuda/block_kernels.h): checks, dtype handling, the tile
-// table, output allocation, MLP packing and the reduction of the per-program ψ/φ gradients. Shared by the real
-// CUDA launcher (cuda/ops_cuda.cpp) and the host emulation (cpu/cuda_emulation.cpp), so the tests on CPU cover
-// it too. A Launcher provides
+// fused_glue.h — the torch side of the block kernels (cuda/block_kernels.h): checks, dtype handling, the
+// program grid, output allocation, MLP packing and the reduction of the per-program ψ/φ gradients. Shared by the
+// real CUDA launcher (cuda/ops_cuda.cpp) and the host emulation (cpu/cuda_emulation.cpp), so the tests on CPU
+// cover it too. A Launcher provides
 //   static size_t smem_limit(const at::Device&);   bytes of dynamic shared memory one program may use
-//   template <class T> static void attention_fwd(const gt::blk::AttentionArgs<T>&, int64_t tiles, size_t smem,
-//                                                const at::Device&);   likewise attention_bwd, encoding_fwd/bwd
+//   static bool skip_segment_checks();             true: do not check a host seg's values (the emulation's
+//                                                  test hook; a GPU seg's values are never checked here)
+//   template <class T> static void attention_fwd(const gt::blk::AttentionArgs<T>&, int64_t programs,
+//                                                size_t smem, const at::Device&);   likewise attention_bwd,
+//                                                encoding_fwd/bwd
 // float16 / bfloat16 inputs are computed in float32 (loads upcast, float32 accumulation) and cast back.
+//
+// No host synchronisation (so that a training step can be captured in a CUDA graph): everything the host decides
+// (grid size, MLP layout, shared memory) comes from shapes and host ints (max_atoms), never from tensor values;
+// the MLPs are packed on their device with tensor ops; nothing is uploaded from the host. The kernels read seg
+// directly (block_kernels.h, tile_of). tests/test_no_host_sync.py checks these sources for host copies.
 #pragma once
 
 #include <ATen/ATen.h>
 
-#include <cstdlib>
+#include <algorithm>
+#include <limits>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -26,20 +35,33 @@ namespace glue {
 
 namespace B = gt::blk;
 
-// Tiles of kRows consecutive rows of every segment: int64 [n_tiles][r0, r1, s, e] on `device`.
-inline at::Tensor make_tiles(const at::Tensor& seg_host, const at::Device& device) {
-  const int64_t* s = seg_host.data_ptr<int64_t>();
-  const int64_t nseg = seg_host.numel() - 1;
-  std::vector<int64_t> t;
-  for (int64_t b = 0; b < nseg; ++b) {
-    for (int64_t r0 = s[b]; r0 < s[b + 1]; r0 += B::kRows) {
-      t.insert(t.end(), {r0, std::min(r0 + B::kRows, s[b + 1]), s[b], s[b + 1]});
-    }
-  }
-  const int64_t n = static_cast<int64_t>(t.size()) / B::kTileFields;
-  at::Tensor host = at::empty({n, B::kTileFields}, at::kLong);
-  std::copy(t.begin(), t.end(), host.data_ptr<int64_t>());
-  return device.is_cpu() ? host : host.to(device);
+// The programs' view of the molecules (block_kernels.h, tile_of) and how many programs run: tiles_per_mol for
+// each of the B molecules, tiles_per_mol = ceil(min(max_atoms, R) / kRows) ≥ 1 (a molecule has at most R rows
+// once seg is clamped). Host values only: seg's length, R and max_atoms.
+struct Grid {
+  B::Segments segs;
+  int64_t programs = 0;
+};
+
+inline Grid make_grid(const at::Tensor& seg, int64_t R, int64_t max_atoms) {
+  Grid g;
+  g.segs.seg = seg.data_ptr<int64_t>();
+  g.segs.n_rows = R;
+  g.segs.max_atoms = max_atoms;
+  g.segs.tiles_per_mol = std::max<int64_t>(1, (std::min(max_atoms, R) + B::kRows - 1) / B::kRows);
+  const int64_t n_mol = seg.numel() - 1;
+  TORCH_CHECK(n_mol <= std::numeric_limits<int32_t>::max() / g.segs.tiles_per_mol, "gtkernels: ", n_mol,
+              " molecules of up to ", g.segs.tiles_per_mol, " tiles of ", B::kRows, " rows (max_atoms = ",
+              max_atoms, ", R = ", R, ") need more than 2^31 - 1 programs; split the batch");
+  g.programs = n_mol * g.segs.tiles_per_mol;
+  return g;
+}
+
+// seg's values are checked where they are on the host (the host emulation; its test hook turns that off), never
+// copied from a GPU: there the kernels clamp them and poison the molecules larger than max_atoms.
+template <class Launcher>
+void check_host_segments(const at::Tensor& seg, int64_t R, int64_t max_atoms) {
+  if (seg.is_cpu() && !Launcher::skip_segment_checks()) check_segment_values(seg, R, max_atoms);
 }
 
 // Pairs per MLP chunk: the largest of 64, 32, ..., min_chunk whose shared memory stays within kSmemTarget (so
@@ -69,14 +91,15 @@ inline bool use_tensor_cores(at::ScalarType input_dtype, c10::string_view precis
   return input_dtype == at::kFloat && tf32;
 }
 
-// The zero-padded Wᵀ of the hidden h→h layers for the tensor-core tiles (B::MmaWeights), on `device`.
+// The zero-padded Wᵀ of the hidden h→h layers for the tensor-core tiles (B::MmaWeights), packed on the
+// parameters' device with tensor copies (layout from the shapes).
 struct PackedMma {
   at::Tensor buffer;
   B::MmaWeights view;
 };
 
 template <class T>
-PackedMma pack_mma(at::TensorList params, bool enabled, const at::Device& device) {
+PackedMma pack_mma(at::TensorList params, bool enabled) {
   PackedMma pk;
   if (!enabled || !std::is_same<T, float>::value) return pk;
   const int L = static_cast<int>(params.size() / 2);
@@ -88,17 +111,16 @@ PackedMma pack_mma(at::TensorList params, bool enabled, const at::Device& device
     offset[l] = total;
     total += static_cast<int64_t>(pk.view.kp[l]) * pk.view.np[l];  // a multiple of 128 floats: 512-byte aligned
   }
-  at::Tensor host = at::zeros({std::max<int64_t>(total, 1)}, at::kFloat);
+  pk.buffer = at::zeros({std::max<int64_t>(total, 1)}, params[0].options().dtype(at::kFloat));
   for (int l = 1; l < L - 1; ++l) {
-    const at::Tensor W = params[2 * l].detach().to(at::kCPU, at::kFloat).contiguous();  // [out, in]
-    host.narrow(0, offset[l], static_cast<int64_t>(pk.view.kp[l]) * pk.view.np[l])
+    const at::Tensor W = params[2 * l].detach();  // [out, in]
+    pk.buffer.narrow(0, offset[l], static_cast<int64_t>(pk.view.kp[l]) * pk.view.np[l])
         .view({pk.view.kp[l], pk.view.np[l]})
         .narrow(0, 0, W.size(1))
         .narrow(1, 0, W.size(0))
         .copy_(W.t());
+    pk.view.wt[l] = pk.buffer.data_ptr<float>() + offset[l];
   }
-  pk.buffer = device.is_cpu() ? host : host.to(device);
-  for (int l = 1; l < L - 1; ++l) pk.view.wt[l] = pk.buffer.data_ptr<float>() + offset[l];
   pk.view.enabled = true;
   return pk;
 }
@@ -114,15 +136,7 @@ inline std::vector<at::Tensor> cast_all(at::TensorList ts, at::ScalarType dtype)
   return out;
 }
 
-// The MLP packed for the kernels (host packing, then copied to the device).
-template <class T>
-PackedMlp<T> packed(at::TensorList params, int hidden_act, int out_act, const at::Device& device) {
-  std::vector<at::Tensor> host;
-  for (const auto& p : params) host.push_back(p.detach().cpu());
-  return to_device(pack_mlp<T>(host, hidden_act, out_act), device);
-}
-
-// Σ of the per-program partial gradients [n_tiles, size] (float64 sum), unpacked like `params`.
+// Σ of the per-program partial gradients [programs, size] (float64 sum), unpacked like `params`.
 template <class T>
 std::vector<at::Tensor> reduce_grad(const gt::MlpView<T>& m, const at::Tensor& partial, at::TensorList params) {
   at::Tensor flat = partial.sum(0, /*keepdim=*/false, at::kDouble).to(partial.scalar_type());
@@ -149,21 +163,21 @@ struct Prepared {
 template <class Launcher, class T>
 Prepared<T> prepare(at::TensorList params, int hidden_act, int out_act, bool tensor_cores, const at::Device& dev) {
   Prepared<T> p;
-  p.mlp = packed<T>(params, hidden_act, out_act, dev);
-  p.mma = pack_mma<T>(params, tensor_cores, dev);
+  p.mlp = pack_mlp<T>(params, hidden_act, out_act);
+  p.mma = pack_mma<T>(params, tensor_cores);
   p.chunk = pick_chunk<T>(p.mlp.view.n_layers, B::tile_stride(p.mlp.view, p.mma.view), p.mma.view.enabled ? 16 : 1,
                           Launcher::smem_limit(dev), &p.smem);
   return p;
 }
 
-// The inputs every encoding program reads: float64 pos [R, 3], valid, tiles, φ.
+// The inputs every encoding program reads: float64 pos [R, 3], valid, the molecules, φ.
 template <class T>
-B::EncodingArgs<T> encoding_args(const at::Tensor& pos, const std::optional<at::Tensor>& valid,
-                                 const at::Tensor& tiles, const Prepared<T>& p) {
+B::EncodingArgs<T> encoding_args(const at::Tensor& pos, const std::optional<at::Tensor>& valid, const Grid& grid,
+                                 const Prepared<T>& p) {
   B::EncodingArgs<T> e{};
   e.pos = pos.data_ptr<double>();
   e.valid = valid_ptr<T>(valid);
-  e.tiles = tiles.data_ptr<int64_t>();
+  e.segs = grid.segs;
   e.phi = p.mlp.view;
   e.mma = p.mma.view;
   e.chunk = p.chunk;
@@ -171,18 +185,19 @@ B::EncodingArgs<T> encoding_args(const at::Tensor& pos, const std::optional<at::
 }
 
 // ------------------------------------------------------------------------------------------------- attention
-// The inputs every attention program reads: q, k, v [R, H, D], float64 pos [R, 3], valid, tiles, scale, ψ.
+// The inputs every attention program reads: q, k, v [R, H, D], float64 pos [R, 3], valid, the molecules,
+// scale, ψ.
 template <class T>
 B::AttentionArgs<T> attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                   const at::Tensor& pos, const std::optional<at::Tensor>& valid,
-                                   const at::Tensor& tiles, double scale, const Prepared<T>& p) {
+                                   const at::Tensor& pos, const std::optional<at::Tensor>& valid, const Grid& grid,
+                                   double scale, const Prepared<T>& p) {
   B::AttentionArgs<T> a{};
   a.q = q.data_ptr<T>();
   a.k = k.data_ptr<T>();
   a.v = v.data_ptr<T>();
   a.pos = pos.data_ptr<double>();
   a.valid = valid_ptr<T>(valid);
-  a.tiles = tiles.data_ptr<int64_t>();
+  a.segs = grid.segs;
   a.H = static_cast<int>(q.size(1));
   a.D = static_cast<int>(q.size(2));
   a.scale = static_cast<T>(scale);
@@ -194,19 +209,19 @@ B::AttentionArgs<T> attention_args(const at::Tensor& q, const at::Tensor& k, con
 
 template <class Launcher, class T>
 std::tuple<at::Tensor, at::Tensor> attention_fwd_t(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                   const at::Tensor& pos, at::TensorList psi, const at::Tensor& tiles,
+                                                   const at::Tensor& pos, at::TensorList psi, const Grid& grid,
                                                    const std::optional<at::Tensor>& valid, double scale,
                                                    bool tensor_cores) {
   const at::Device dev = q.device();
   const Prepared<T> p = prepare<Launcher, T>(psi, gt::kActRelu, gt::kActNone, tensor_cores, dev);
-  B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, tiles, scale, p);
+  B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, grid, scale, p);
   at::Tensor out = at::zeros_like(q);
   at::Tensor lse = at::full({q.size(0), q.size(1)}, -std::numeric_limits<double>::infinity(), q.options());
   at::Tensor lsum = at::zeros({q.size(0), q.size(1)}, q.options());
   a.out = out.data_ptr<T>();
   a.lse = lse.data_ptr<T>();
   a.lsum = lsum.data_ptr<T>();
-  Launcher::template attention_fwd<T>(a, tiles.size(0), p.smem, dev);
+  Launcher::template attention_fwd<T>(a, grid.programs, p.smem, dev);
   return {out, lse};
 }
 
@@ -216,17 +231,17 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::
                                                  const std::optional<at::Tensor>& valid, int64_t max_atoms,
                                                  double scale, c10::string_view precision) {
   const bool tc = use_tensor_cores(q.scalar_type(), precision);
-  const at::Tensor seg_host = check_attention_inputs(q, k, v, pos, psi, seg, valid, /*allow_half=*/true);
-  check_max_atoms(seg_host, max_atoms);
-  const at::Tensor tiles = make_tiles(seg_host, q.device());
+  check_attention_inputs(q, k, v, pos, psi, seg, valid, max_atoms, /*allow_half=*/true);
+  check_host_segments<Launcher>(seg, q.size(0), max_atoms);
+  const Grid grid = make_grid(seg, q.size(0), max_atoms);
   const auto ct = compute_dtype(q.scalar_type());
   const at::Tensor qc = q.to(ct), kc = k.to(ct), vc = v.to(ct);
   const std::vector<at::Tensor> psic = cast_all(psi, ct);
   at::Tensor out, lse;
   if (ct == at::kDouble) {
-    std::tie(out, lse) = attention_fwd_t<Launcher, double>(qc, kc, vc, pos, psic, tiles, valid, scale, false);
+    std::tie(out, lse) = attention_fwd_t<Launcher, double>(qc, kc, vc, pos, psic, grid, valid, scale, false);
   } else {
-    std::tie(out, lse) = attention_fwd_t<Launcher, float>(qc, kc, vc, pos, psic, tiles, valid, scale, tc);
+    std::tie(out, lse) = attention_fwd_t<Launcher, float>(qc, kc, vc, pos, psic, grid, valid, scale, tc);
   }
   return {out.to(q.scalar_type()), lse};  // lse stays float32 for float16 / bfloat16 inputs
 }
@@ -234,16 +249,15 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::
 template <class Launcher, class T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> attention_bwd_t(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos,
-    at::TensorList psi, const at::Tensor& tiles, const std::optional<at::Tensor>& valid, double scale,
+    at::TensorList psi, const Grid& grid, const std::optional<at::Tensor>& valid, double scale,
     const at::Tensor& out, const at::Tensor& lse, bool tensor_cores) {
   const at::Device dev = q.device();
-  const int64_t n_tiles = tiles.size(0);
   const Prepared<T> p = prepare<Launcher, T>(psi, gt::kActRelu, gt::kActNone, tensor_cores, dev);
-  B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, tiles, scale, p);
+  B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, grid, scale, p);
   const at::Tensor dsum = (dout * out).sum(-1).contiguous();  // D_i = Σ_d dO_i·O_i  [R, H]
   at::Tensor dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
   at::Tensor dpos = at::zeros_like(pos);
-  at::Tensor partial = at::zeros({n_tiles, p.mlp.view.grad_size}, q.options());
+  at::Tensor partial = at::zeros({grid.programs, p.mlp.view.grad_size}, q.options());
   a.dout = dout.data_ptr<T>();
   a.dsum = dsum.data_ptr<T>();
   a.lse_in = lse.data_ptr<T>();
@@ -252,7 +266,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
   a.dv = dv.data_ptr<T>();
   a.dpos = dpos.data_ptr<double>();
   a.grad_partial = partial.data_ptr<T>();
-  Launcher::template attention_bwd<T>(a, n_tiles, p.smem, dev);
+  Launcher::template attention_bwd<T>(a, grid.programs, p.smem, dev);
   return {dq, dk, dv, dpos, reduce_grad(p.mlp.view, partial, psi)};
 }
 
@@ -262,21 +276,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
     at::TensorList psi, const at::Tensor& seg, const std::optional<at::Tensor>& valid, int64_t max_atoms,
     double scale, c10::string_view precision, const at::Tensor& out, const at::Tensor& lse) {
   const bool tc = use_tensor_cores(q.scalar_type(), precision);
-  const at::Tensor seg_host = check_attention_inputs(q, k, v, pos, psi, seg, valid, /*allow_half=*/true);
-  check_max_atoms(seg_host, max_atoms);
+  check_attention_inputs(q, k, v, pos, psi, seg, valid, max_atoms, /*allow_half=*/true);
+  check_host_segments<Launcher>(seg, q.size(0), max_atoms);
   const auto ct = compute_dtype(q.scalar_type());
   check_attention_saved(q, dout, out, lse, ct);
-  const at::Tensor tiles = make_tiles(seg_host, q.device());
+  const Grid grid = make_grid(seg, q.size(0), max_atoms);
   const at::Tensor qc = q.to(ct), kc = k.to(ct), vc = v.to(ct), dc = dout.to(ct), oc = out.to(ct);
   const std::vector<at::Tensor> psic = cast_all(psi, ct);
   at::Tensor dq, dk, dv, dpos;
   std::vector<at::Tensor> dpsi;
   if (ct == at::kDouble) {
     std::tie(dq, dk, dv, dpos, dpsi) =
-        attention_bwd_t<Launcher, double>(dc, qc, kc, vc, pos, psic, tiles, valid, scale, oc, lse, false);
+        attention_bwd_t<Launcher, double>(dc, qc, kc, vc, pos, psic, grid, valid, scale, oc, lse, false);
   } else {
     std::tie(dq, dk, dv, dpos, dpsi) =
-        attention_bwd_t<Launcher, float>(dc, qc, kc, vc, pos, psic, tiles, valid, scale, oc, lse, tc);
+        attention_bwd_t<Launcher, float>(dc, qc, kc, vc, pos, psic, grid, valid, scale, oc, lse, tc);
   }
   for (size_t i = 0; i < dpsi.size(); ++i) dpsi[i] = dpsi[i].to(psi[i].scalar_type());
   const auto dt = q.scalar_type();
@@ -285,14 +299,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
 
 // -------------------------------------------------------------------------------------------------- encoding
 template <class Launcher, class T>
-at::Tensor encoding_fwd_t(const at::Tensor& pos, at::TensorList phi, const at::Tensor& tiles,
+at::Tensor encoding_fwd_t(const at::Tensor& pos, at::TensorList phi, const Grid& grid,
                           const std::optional<at::Tensor>& valid, bool tensor_cores) {
   const at::Device dev = pos.device();
   const Prepared<T> p = prepare<Launcher, T>(phi, gt::kActGelu, gt::kActGelu, tensor_cores, dev);
-  B::EncodingArgs<T> e = encoding_args<T>(pos, valid, tiles, p);
+  B::EncodingArgs<T> e = encoding_args<T>(pos, valid, grid, p);
   at::Tensor s = at::zeros({pos.size(0)}, phi[0].options());
   e.s = s.data_ptr<T>();
-  Launcher::template encoding_fwd<T>(e, tiles.size(0), p.smem, dev);
+  Launcher::template encoding_fwd<T>(e, grid.programs, p.smem, dev);
   return s;
 }
 
@@ -300,32 +314,31 @@ template <class Launcher>
 at::Tensor encoding_fwd(const at::Tensor& pos, at::TensorList phi, const at::Tensor& seg,
                         const std::optional<at::Tensor>& valid, int64_t max_atoms, c10::string_view precision) {
   const bool tc = use_tensor_cores(phi.empty() ? at::kFloat : phi[0].scalar_type(), precision);
-  const at::Tensor seg_host = check_encoding_inputs(pos, phi, seg, valid, /*allow_half=*/true);
-  check_max_atoms(seg_host, max_atoms);
-  const at::Tensor tiles = make_tiles(seg_host, pos.device());
+  check_encoding_inputs(pos, phi, seg, valid, max_atoms, /*allow_half=*/true);
+  check_host_segments<Launcher>(seg, pos.size(0), max_atoms);
+  const Grid grid = make_grid(seg, pos.size(0), max_atoms);
   const auto dt = phi[0].scalar_type();
   const std::vector<at::Tensor> phic = cast_all(phi, compute_dtype(dt));
   const at::Tensor s = compute_dtype(dt) == at::kDouble
-                           ? encoding_fwd_t<Launcher, double>(pos, phic, tiles, valid, false)
-                           : encoding_fwd_t<Launcher, float>(pos, phic, tiles, valid, tc);
+                           ? encoding_fwd_t<Launcher, double>(pos, phic, grid, valid, false)
+                           : encoding_fwd_t<Launcher, float>(pos, phic, grid, valid, tc);
   return s.to(dt);
 }
 
 template <class Launcher, class T>
 std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd_t(const at::Tensor& ds, const at::Tensor& pos,
-                                                               at::TensorList phi, const at::Tensor& tiles,
+                                                               at::TensorList phi, const Grid& grid,
                                                                const std::optional<at::Tensor>& valid,
                                                                bool tensor_cores) {
   const at::Device dev = pos.device();
-  const int64_t n_tiles = tiles.size(0);
   const Prepared<T> p = prepare<Launcher, T>(phi, gt::kActGelu, gt::kActGelu, tensor_cores, dev);
-  B::EncodingArgs<T> e = encoding_args<T>(pos, valid, tiles, p);
+  B::EncodingArgs<T> e = encoding_args<T>(pos, valid, grid, p);
   at::Tensor dpos = at::zeros_like(pos);
-  at::Tensor partial = at::zeros({n_tiles, p.mlp.view.grad_size}, ds.options());
+  at::Tensor partial = at::zeros({grid.programs, p.mlp.view.grad_size}, ds.options());
   e.ds = ds.data_ptr<T>();
   e.dpos = dpos.data_ptr<double>();
   e.grad_partial = partial.data_ptr<T>();
-  Launcher::template encoding_bwd<T>(e, n_tiles, p.smem, dev);
+  Launcher::template encoding_bwd<T>(e, grid.programs, p.smem, dev);
   return {dpos, reduce_grad(p.mlp.view, partial, phi)};
 }
 
@@ -335,20 +348,20 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd(const at::Tensor& d
                                                              const std::optional<at::Tensor>& valid, int64_t max_atoms,
                                                              c10::string_view precision) {
   const bool tc = use_tensor_cores(phi.empty() ? at::kFloat : phi[0].scalar_type(), precision);
-  const at::Tensor seg_host = check_encoding_inputs(pos, phi, seg, valid, /*allow_half=*/true);
-  check_max_atoms(seg_host, max_atoms);
+  check_encoding_inputs(pos, phi, seg, valid, max_atoms, /*allow_half=*/true);
+  check_host_segments<Launcher>(seg, pos.size(0), max_atoms);
   const auto dt = phi[0].scalar_type();
   check_encoding_upstream(ds, pos, dt);
-  const at::Tensor tiles = make_tiles(seg_host, pos.device());
+  const Grid grid = make_grid(seg, pos.size(0), max_atoms);
   const auto ct = compute_dtype(dt);
   const std::vector<at::Tensor> phic = cast_all(phi, ct);
   const at::Tensor dsc = ds.to(ct).contiguous();
   at::Tensor dpos;
   std::vector<at::Tensor> dphi;
   if (ct == at::kDouble) {
-    std::tie(dpos, dphi) = encoding_bwd_t<Launcher, double>(dsc, pos, phic, tiles, valid, false);
+    std::tie(dpos, dphi) = encoding_bwd_t<Launcher, double>(dsc, pos, phic, grid, valid, false);
   } else {
-    std::tie(dpos, dphi) = encoding_bwd_t<Launcher, float>(dsc, pos, phic, tiles, valid, tc);
+    std::tie(dpos, dphi) = encoding_bwd_t<Launcher, float>(dsc, pos, phic, grid, valid, tc);
   }
   for (size_t i = 0; i < dphi.size(); ++i) dphi[i] = dphi[i].to(phi[i].scalar_type());
   return {dpos, dphi};

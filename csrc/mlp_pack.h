@@ -1,6 +1,7 @@
 // mlp_pack.h — torch glue shared by the CPU and CUDA kernels: packs the MLP parameters [W0, b0, ..., Wn, bn]
-// into one buffer described by gt::MlpView (layout in pair_math.h), and turns the flat gradient back into
-// tensors shaped like the parameters.
+// into one buffer on their own device, described by gt::MlpView (layout in pair_math.h), and turns the flat
+// gradient back into tensors shaped like the parameters. Nothing here copies device data to the host
+// (tests/test_no_host_sync.py checks the CUDA glue's sources for that).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -20,6 +21,10 @@ struct PackedMlp {
   gt::MlpView<T> view;
 };
 
+// Packs params [W0, b0, ..., Wn, bn] (dtype T, any one device) into one zero-padded buffer on their device.
+// The layout (offsets, leading dimensions, the gradient layout) comes from the parameter shapes only, and the
+// buffer is filled with tensor copies on that device: no parameter value ever goes through the host, so on a
+// GPU this is a few small device kernels and no synchronisation.
 template <class T>
 PackedMlp<T> pack_mlp(at::TensorList params, int hidden_act, int out_act) {
   constexpr int C = gt::kPad<T>;
@@ -52,57 +57,26 @@ PackedMlp<T> pack_mlp(at::TensorList params, int hidden_act, int out_act) {
     gtotal = align(gtotal + m.ld[l]);
   }
   m.grad_size = gtotal;
-  pk.buffer = at::zeros({std::max<int64_t>(total, 1)},
-                        at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value).device(at::kCPU));
-  T* base = pk.buffer.template data_ptr<T>();
+  TORCH_CHECK(L >= 1, "gtkernels: an MLP needs at least one Linear layer [W0, b0], got ", params.size(), " tensors");
+  const auto dtype = c10::CppTypeToScalarType<T>::value;
+  pk.buffer = at::zeros({std::max<int64_t>(total, 1)}, params[0].options().dtype(dtype));  // on their device
   for (int l = 0; l < L; ++l) {
-    const at::Tensor W = params[2 * l].contiguous();
-    const at::Tensor bias = params[2 * l + 1].contiguous();
-    const T* Wp = W.data_ptr<T>();
-    const T* bp = bias.data_ptr<T>();
-    T* wt = base + off_wt[l];
-    T* w = base + off_w[l];
-    T* b = base + off_b[l];
-    for (int o = 0; o < m.out[l]; ++o) {
-      for (int i = 0; i < m.in[l]; ++i) {
-        const T val = Wp[static_cast<int64_t>(o) * m.in[l] + i];
-        wt[static_cast<int64_t>(i) * m.ld[l] + o] = val;
-        w[static_cast<int64_t>(o) * m.ldin[l] + i] = val;
-      }
-      b[o] = bp[o];
-    }
-    m.wt[l] = wt;
-    m.w[l] = w;
-    m.b[l] = b;
+    const at::Tensor W = params[2 * l].detach();      // [out, in]
+    const at::Tensor bias = params[2 * l + 1].detach();  // [out]
+    const int64_t in = m.in[l], out = m.out[l];
+    // wt[l] = Wᵀ [in][ld], w[l] = W [out][ldin], b[l] [ld]; the padding stays 0
+    pk.buffer.narrow(0, off_wt[l], in * m.ld[l]).view({in, m.ld[l]}).narrow(1, 0, out).copy_(W.t());
+    pk.buffer.narrow(0, off_w[l], out * m.ldin[l]).view({out, m.ldin[l]}).narrow(1, 0, in).copy_(W);
+    pk.buffer.narrow(0, off_b[l], out).copy_(bias);
+    m.wt[l] = pk.buffer.template data_ptr<T>() + off_wt[l];
+    m.w[l] = pk.buffer.template data_ptr<T>() + off_w[l];
+    m.b[l] = pk.buffer.template data_ptr<T>() + off_b[l];
   }
   return pk;
 }
 
-// Flat gradient buffer → list of tensors shaped like params ([out, in] weights, [out] biases).
-template <class T>
-std::vector<at::Tensor> unpack_mlp_grad(const gt::MlpView<T>& m, const T* g, at::TensorList params) {
-  std::vector<at::Tensor> out;
-  out.reserve(params.size());
-  for (int l = 0; l < m.n_layers; ++l) {
-    at::Tensor dW = at::empty({m.out[l], m.in[l]}, params[2 * l].options());
-    at::Tensor db = at::empty({m.out[l]}, params[2 * l + 1].options());
-    T* dWp = dW.data_ptr<T>();
-    T* dbp = db.data_ptr<T>();
-    const T* gw = g + m.gwt[l];
-    const T* gb = g + m.gb[l];
-    for (int o = 0; o < m.out[l]; ++o) {
-      for (int i = 0; i < m.in[l]; ++i) {
-        dWp[static_cast<int64_t>(o) * m.in[l] + i] = gw[static_cast<int64_t>(i) * m.ld[l] + o];
-      }
-      dbp[o] = gb[o];
-    }
-    out.push_back(dW);
-    out.push_back(db);
-  }
-  return out;
-}
-
-// The same on a flat gradient tensor on any device, with tensor ops (no host copy): dW = dWᵀ[:in, :out]ᵀ.
+// Flat gradient tensor (on any device) → tensors shaped like the parameters ([out, in] weights, [out] biases),
+// with tensor ops (no host copy): dW = dWᵀ[:in, :out]ᵀ.
 template <class T>
 std::vector<at::Tensor> unpack_mlp_grad_tensor(const gt::MlpView<T>& m, const at::Tensor& flat) {
   std::vector<at::Tensor> out;
@@ -112,23 +86,6 @@ std::vector<at::Tensor> unpack_mlp_grad_tensor(const gt::MlpView<T>& m, const at
     out.push_back(flat.narrow(0, m.gb[l], m.out[l]).clone());  // own storage: outputs must not alias
   }
   return out;
-}
-
-// A packed MLP moved to `device`: the view's pointers rebased onto the device copy of the buffer.
-template <class T>
-PackedMlp<T> to_device(const PackedMlp<T>& host, const at::Device& device) {
-  if (device.is_cpu()) return host;
-  PackedMlp<T> d;
-  d.buffer = host.buffer.to(device);
-  d.view = host.view;
-  const T* h0 = host.buffer.template data_ptr<T>();
-  T* d0 = d.buffer.template data_ptr<T>();
-  for (int l = 0; l < host.view.n_layers; ++l) {
-    d.view.wt[l] = d0 + (host.view.wt[l] - h0);
-    d.view.w[l] = d0 + (host.view.w[l] - h0);
-    d.view.b[l] = d0 + (host.view.b[l] - h0);
-  }
-  return d;
 }
 
 }  // namespace gtk

@@ -1,6 +1,10 @@
 // op_checks.h — input checks of the gtkernels_C ops, shared by the CPU kernels (ops.cpp), the CUDA kernels
 // (cuda/ops_cuda.cpp) and their host emulation (cpu/cuda_emulation.cpp). Every tensor must be on the kernel's
-// device `dev` (the device of q, or of pos for the encoding); seg's contents are checked on a host copy.
+// device `dev` (the device of q, or of pos for the encoding). The checks of shapes, dtypes and devices read host
+// metadata only. seg's values are checked only where seg is on the host (check_segment_values: the CPU backend
+// and the host emulation); a GPU seg is never copied back (that would block every call), the Python layer
+// validates cu_seqlens / max_seqlen once per forward, and the CUDA kernels clamp seg and poison molecules
+// larger than max_atoms (cuda/block_kernels.h, tile_of).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -24,30 +28,43 @@ inline void check_dtype(const at::Tensor& t, const char* name, at::ScalarType dt
               dtype, " (all floating inputs must share one dtype)");
 }
 
-// seg: int64 [B+1] with seg[0] = 0, seg[B] = R, non-decreasing; valid: bool [R] when given. Returns seg on the
-// host (a copy when it lives on a GPU).
-inline at::Tensor check_segments(const at::Tensor& seg, const std::optional<at::Tensor>& valid, int64_t R,
-                                 const at::Device& dev) {
+// seg: int64 [B + 1], contiguous, on dev; valid: bool [R], contiguous, on dev when given. Metadata only: no
+// value is read (seg may live on a GPU).
+inline void check_segments(const at::Tensor& seg, const std::optional<at::Tensor>& valid, int64_t R,
+                           const at::Device& dev) {
   TORCH_CHECK(seg.scalar_type() == at::kLong, "gtkernels: seg must be int64, got ", seg.scalar_type());
   TORCH_CHECK(seg.dim() == 1 && seg.numel() >= 1, "gtkernels: seg must be 1-D of length B + 1 >= 1, got shape ",
               seg.sizes());
-  TORCH_CHECK(seg.is_contiguous() && seg.device() == dev, "gtkernels: seg must be a contiguous tensor on ", dev);
-  const at::Tensor host = seg.is_cpu() ? seg : seg.cpu();
-  const int64_t* s = host.data_ptr<int64_t>();
-  const int64_t B = seg.numel() - 1;
-  TORCH_CHECK(s[0] == 0, "gtkernels: seg[0] must be 0, got ", s[0]);
-  TORCH_CHECK(s[B] == R, "gtkernels: seg[-1] must equal the number of rows ", R, ", got ", s[B]);
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK(s[b] <= s[b + 1], "gtkernels: seg must be non-decreasing, got seg[", b, "] = ", s[b], " > seg[",
-                b + 1, "] = ", s[b + 1]);
-  }
+  TORCH_CHECK(seg.is_contiguous() && seg.device() == dev, "gtkernels: seg must be a contiguous tensor on ", dev,
+              ", got one on ", seg.device());
   if (valid.has_value()) {
     const at::Tensor& m = *valid;
     TORCH_CHECK(m.scalar_type() == at::kBool, "gtkernels: valid must be a bool tensor, got ", m.scalar_type());
     TORCH_CHECK(m.dim() == 1 && m.size(0) == R, "gtkernels: valid must have shape [", R, "], got ", m.sizes());
     TORCH_CHECK(m.is_contiguous() && m.device() == dev, "gtkernels: valid must be a contiguous tensor on ", dev);
   }
-  return host;
+}
+
+// max_atoms: a host int >= 0 (FlashAttention's max_seqlen).
+inline void check_max_atoms(int64_t max_atoms) {
+  TORCH_CHECK(max_atoms >= 0, "gtkernels: max_atoms must be >= 0, got ", max_atoms);
+}
+
+// seg's values, for a seg on the host (CPU tensor): seg[0] = 0, seg[B] = R, non-decreasing, and every molecule
+// has at most max_atoms rows.
+inline void check_segment_values(const at::Tensor& seg, int64_t R, int64_t max_atoms) {
+  TORCH_CHECK(seg.is_cpu(), "gtkernels: internal: seg's values are checked on CPU tensors only, got one on ",
+              seg.device());
+  const int64_t* s = seg.data_ptr<int64_t>();
+  const int64_t B = seg.numel() - 1;
+  TORCH_CHECK(s[0] == 0, "gtkernels: seg[0] must be 0, got ", s[0]);
+  TORCH_CHECK(s[B] == R, "gtkernels: seg[-1] must equal the number of rows ", R, ", got ", s[B]);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(s[b] <= s[b + 1], "gtkernels: seg must be non-decreasing, got seg[", b, "] = ", s[b], " > seg[",
+                b + 1, "] = ", s[b + 1]);
+    TORCH_CHECK(s[b + 1] - s[b] <= max_atoms, "gtkernels: molecule ", b, " has ", s[b + 1] - s[b],
+                " rows, more than max_atoms = ", max_atoms);
+  }
 }
 
 // precision: "ieee" (exact float32 matmuls, the default) or "tf32" (TF32 tensor cores, opt-in).
@@ -55,16 +72,6 @@ inline bool check_precision(c10::string_view precision) {
   TORCH_CHECK(precision == "ieee" || precision == "tf32", "gtkernels: precision must be \"ieee\" or \"tf32\", got \"",
               std::string(precision), "\"");
   return precision == "tf32";
-}
-
-// max_atoms bounds every molecule's row count (seg on the host, as check_segments returns it).
-inline void check_max_atoms(const at::Tensor& seg_host, int64_t max_atoms) {
-  TORCH_CHECK(max_atoms >= 0, "gtkernels: max_atoms must be >= 0, got ", max_atoms);
-  const int64_t* s = seg_host.data_ptr<int64_t>();
-  for (int64_t b = 0; b + 1 < seg_host.numel(); ++b) {
-    TORCH_CHECK(s[b + 1] - s[b] <= max_atoms, "gtkernels: molecule ", b, " has ", s[b + 1] - s[b],
-                " rows, more than max_atoms = ", max_atoms);
-  }
 }
 
 // MLP parameters [W0, b0, ..., Wn, bn]: 1..kMaxLayers Linear layers, W [out, in], b [out], layer 0 in = 1,
@@ -104,10 +111,11 @@ inline void check_floating(const at::Tensor& t, const char* name, bool allow_hal
                                                   : " must be float32 or float64, got ", d);
 }
 
-// Checks the attention inputs; returns seg on the host.
-inline at::Tensor check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                         const at::Tensor& pos, at::TensorList psi, const at::Tensor& seg,
-                                         const std::optional<at::Tensor>& valid, bool allow_half = false) {
+// Checks the attention inputs' shapes, dtypes and devices, and max_atoms (not seg's values).
+inline void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& pos, at::TensorList psi, const at::Tensor& seg,
+                                   const std::optional<at::Tensor>& valid, int64_t max_atoms,
+                                   bool allow_half = false) {
   check_floating(q, "q", allow_half);
   const at::Device dev = q.device();
   check_rows_tensor(q, "q", 3, dev);
@@ -126,7 +134,8 @@ inline at::Tensor check_attention_inputs(const at::Tensor& q, const at::Tensor& 
   TORCH_CHECK(pos.size(0) == q.size(0) && pos.size(1) == 3, "gtkernels: pos must have shape [", q.size(0),
               ", 3], got ", pos.sizes());
   check_mlp(psi, "psi", dtype, dev);
-  return check_segments(seg, valid, q.size(0), dev);
+  check_segments(seg, valid, q.size(0), dev);
+  check_max_atoms(max_atoms);
 }
 
 // The backward's extra inputs: dout and out shaped like q (q's dtype), lse [R, H] of dtype lse_dtype.
@@ -146,9 +155,10 @@ inline void check_attention_saved(const at::Tensor& q, const at::Tensor& dout, c
               ", ", q.size(1), "], got ", lse.sizes());
 }
 
-// Checks the encoding inputs; returns seg on the host.
-inline at::Tensor check_encoding_inputs(const at::Tensor& pos, at::TensorList phi, const at::Tensor& seg,
-                                        const std::optional<at::Tensor>& valid, bool allow_half = false) {
+// Checks the encoding inputs' shapes, dtypes and devices, and max_atoms (not seg's values).
+inline void check_encoding_inputs(const at::Tensor& pos, at::TensorList phi, const at::Tensor& seg,
+                                  const std::optional<at::Tensor>& valid, int64_t max_atoms,
+                                  bool allow_half = false) {
   const at::Device dev = pos.device();
   check_rows_tensor(pos, "pos", 2, dev);
   check_dtype(pos, "pos", at::kDouble);
@@ -156,7 +166,8 @@ inline at::Tensor check_encoding_inputs(const at::Tensor& pos, at::TensorList ph
   TORCH_CHECK(!phi.empty(), "gtkernels: phi must not be empty");
   check_floating(phi[0], "phi[0]", allow_half);
   check_mlp(phi, "phi", phi[0].scalar_type(), dev);
-  return check_segments(seg, valid, pos.size(0), dev);
+  check_segments(seg, valid, pos.size(0), dev);
+  check_max_atoms(max_atoms);
 }
 
 inline void check_encoding_upstream(const at::Tensor& ds, const at::Tensor& pos, at::ScalarType dtype) {

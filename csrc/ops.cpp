@@ -6,7 +6,10 @@
 //   seg   : int64 [B + 1], seg[0] = 0, seg[B] = R, non-decreasing (molecule b owns rows seg[b]..seg[b+1]-1);
 //   valid : optional bool [R] (None: every row is an atom; False: padding row);
 //   max_atoms : an upper bound of seg[b+1] - seg[b], known on the host (FlashAttention's max_seqlen): the GPU
-//               backends size their grids with it, so they need no host copy of seg;
+//               backends size their grids with it, so they need no host copy of seg. seg's values are checked
+//               where seg is on the host (here, and in the host emulation of the CUDA kernels); on a GPU they are
+//               not (the Python layer validates cu_seqlens / max_seqlen once per forward): the CUDA kernels clamp
+//               seg into [0, R] and write NaN into every output of a molecule with more rows than max_atoms;
 //   precision : "ieee" or "tf32", the float32 matmuls of the GPU backends (the CPU kernels are always exact).
 #include <torch/library.h>
 
@@ -21,7 +24,8 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::
                                                  const std::optional<at::Tensor>& valid, int64_t max_atoms,
                                                  double scale, c10::string_view precision) {
   check_precision(precision);
-  check_max_atoms(check_attention_inputs(q, k, v, pos, psi, seg, valid), max_atoms);
+  check_attention_inputs(q, k, v, pos, psi, seg, valid, max_atoms);
+  check_segment_values(seg, q.size(0), max_atoms);
   return attention_fwd_cpu(q, k, v, pos, psi, seg, valid, scale);
 }
 
@@ -30,7 +34,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
     at::TensorList psi, const at::Tensor& seg, const std::optional<at::Tensor>& valid, int64_t max_atoms,
     double scale, c10::string_view precision, const at::Tensor& out, const at::Tensor& lse) {
   check_precision(precision);
-  check_max_atoms(check_attention_inputs(q, k, v, pos, psi, seg, valid), max_atoms);
+  check_attention_inputs(q, k, v, pos, psi, seg, valid, max_atoms);
+  check_segment_values(seg, q.size(0), max_atoms);
   check_attention_saved(q, dout, out, lse, q.scalar_type());
   return attention_bwd_cpu(dout, q, k, v, pos, psi, seg, valid, scale, out, lse);
 }
@@ -38,7 +43,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
 at::Tensor encoding_fwd(const at::Tensor& pos, at::TensorList phi, const at::Tensor& seg,
                         const std::optional<at::Tensor>& valid, int64_t max_atoms, c10::string_view precision) {
   check_precision(precision);
-  check_max_atoms(check_encoding_inputs(pos, phi, seg, valid), max_atoms);
+  check_encoding_inputs(pos, phi, seg, valid, max_atoms);
+  check_segment_values(seg, pos.size(0), max_atoms);
   return encoding_fwd_cpu(pos, phi, seg, valid);
 }
 
@@ -47,7 +53,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd(const at::Tensor& d
                                                              const std::optional<at::Tensor>& valid, int64_t max_atoms,
                                                              c10::string_view precision) {
   check_precision(precision);
-  check_max_atoms(check_encoding_inputs(pos, phi, seg, valid), max_atoms);
+  check_encoding_inputs(pos, phi, seg, valid, max_atoms);
+  check_segment_values(seg, pos.size(0), max_atoms);
   check_encoding_upstream(ds, pos, phi[0].scalar_type());
   return encoding_bwd_cpu(ds, pos, phi, seg, valid);
 }

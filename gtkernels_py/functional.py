@@ -114,6 +114,10 @@ def geometric_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi_params
             cu_seqlens, q, k, v, pos)
     mask = _full_mask(q, mask)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    # Padding slots may hold anything (NaN, Inf): zero them, so that no 0·NaN reaches a real row, forward
+    # (P @ V) or backward (the gradients of q, k, v, and, by the masked output, the upstream gradient).
+    padding = ~mask[:, :, None, None]
+    q, k, v = (t.masked_fill(padding, 0.0) for t in (q, k, v))
 
     gate = psi(inverse_distances(pos, mask).to(q.dtype), psi_params) ** 2   # [B, N, N]
     allowed = real_pairs(mask, include_self=False)[:, None]                 # [B, 1, N, N]
@@ -126,7 +130,7 @@ def geometric_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi_params
     gated = probs * gate[:, None]                                           # no renormalisation
     if dropout_p > 0.0:
         gated = F.dropout(gated, p=dropout_p)
-    return torch.einsum("bhij,bjhd->bihd", gated, v)
+    return torch.einsum("bhij,bjhd->bihd", gated, v).masked_fill(padding, 0.0)
 
 
 def geometric_encoding(pos: Tensor, phi_params: Sequence[Tensor], mask: Optional[Tensor] = None, *,
@@ -145,4 +149,5 @@ def geometric_encoding(pos: Tensor, phi_params: Sequence[Tensor], mask: Optional
         return _per_molecule(lambda p_: geometric_encoding(p_, phi_params), cu_seqlens, pos)
     mask = _full_mask(pos, mask)
     values = phi(inverse_distances(pos, mask).to(phi_params[0].dtype), phi_params)  # [B, N, N]
-    return (values * real_pairs(mask, include_self=True)).sum(-1)
+    # masked_fill of the padding rows: their upstream gradient (maybe NaN) then never reaches φ's gradients
+    return (values * real_pairs(mask, include_self=True)).sum(-1).masked_fill(~mask, 0.0)

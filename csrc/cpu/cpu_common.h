@@ -20,6 +20,31 @@
 
 namespace gtk {
 
+// Flat gradient buffer of the CPU kernels (host memory) → list of tensors shaped like params ([out, in]
+// weights, [out] biases).
+template <class T>
+std::vector<at::Tensor> unpack_mlp_grad(const gt::MlpView<T>& m, const T* g, at::TensorList params) {
+  std::vector<at::Tensor> out;
+  out.reserve(params.size());
+  for (int l = 0; l < m.n_layers; ++l) {
+    at::Tensor dW = at::empty({m.out[l], m.in[l]}, params[2 * l].options());
+    at::Tensor db = at::empty({m.out[l]}, params[2 * l + 1].options());
+    T* dWp = dW.data_ptr<T>();
+    T* dbp = db.data_ptr<T>();
+    const T* gw = g + m.gwt[l];
+    const T* gb = g + m.gb[l];
+    for (int o = 0; o < m.out[l]; ++o) {
+      for (int i = 0; i < m.in[l]; ++i) {
+        dWp[static_cast<int64_t>(o) * m.in[l] + i] = gw[static_cast<int64_t>(i) * m.ld[l] + o];
+      }
+      dbp[o] = gb[o];
+    }
+    out.push_back(dW);
+    out.push_back(db);
+  }
+  return out;
+}
+
 // Rows per block. A segment of up to kBlock rows (QM9: <= 29 atoms) is one block, hence one task.
 constexpr int64_t kBlock = 64;
 // Pairs per ψ tile (a multiple of gt::kTileRows).

@@ -9,13 +9,20 @@
 // results, which the tests check. The tensor-core matmul (b.mma_tf32) rounds its operands to TF32 as the GPU
 // does. (What the emulation cannot see: warp scheduling, memory ordering, shared
 // memory bank conflicts, register spills; those need the GPU and compute-sanitizer.)
+//
+// GTKERNELS_CUDA_EMULATE_UNCHECKED=1 (a test hook, read only here) runs the kernels as they run on a GPU, where
+// seg's values are not checked: the glue skips check_segment_values, so a bad seg or an undersized max_atoms
+// reaches the programs (which must clamp the one and poison the other with NaN). Every buffer a launch writes
+// is then moved into a frame of sentinel bytes, which must be intact afterwards: an out-of-bounds write raises.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "../fused_glue.h"
@@ -74,6 +81,53 @@ bool round_tf32() {
   return e == nullptr || std::strcmp(e, "0") != 0;
 }
 
+bool unchecked() {
+  const char* e = std::getenv("GTKERNELS_CUDA_EMULATE_UNCHECKED");
+  return e != nullptr && std::strcmp(e, "1") == 0;
+}
+
+// The frames of the test hook: add() moves a buffer of n elements into the middle of kGuard sentinel elements on
+// each side (the kernel argument now points there), finish() checks that no sentinel byte changed, copies the
+// buffer back and restores the pointer. Does nothing when not enabled.
+class Guards {
+ public:
+  static constexpr int64_t kGuard = 4096;
+  static constexpr unsigned char kSentinel = 0xA5;
+  explicit Guards(bool enabled) : enabled_(enabled) {}
+
+  template <class V>
+  void add(V*& p, int64_t n, const char* name) {
+    if (!enabled_ || p == nullptr) return;
+    auto frame = std::make_shared<std::vector<V>>(static_cast<size_t>(n + 2 * kGuard));
+    std::memset(static_cast<void*>(frame->data()), kSentinel, frame->size() * sizeof(V));
+    std::copy(p, p + n, frame->data() + kGuard);
+    V* const orig = p;
+    V** const slot = &p;
+    p = frame->data() + kGuard;
+    finish_.push_back([frame, orig, slot, n, name]() {
+      const auto* bytes = reinterpret_cast<const unsigned char*>(frame->data());
+      const size_t guard = kGuard * sizeof(V), tail = (kGuard + n) * sizeof(V);
+      for (size_t i = 0; i < guard; ++i) {
+        TORCH_CHECK(bytes[i] == kSentinel && bytes[tail + i] == kSentinel,
+                    "gtkernels: CUDA emulation: out-of-bounds write into ", name, " (", n, " elements), at element ",
+                    bytes[i] != kSentinel ? -kGuard + static_cast<int64_t>(i / sizeof(V))
+                                          : n + static_cast<int64_t>(i / sizeof(V)));
+      }
+      std::copy(frame->data() + kGuard, frame->data() + kGuard + n, orig);
+      *slot = orig;
+    });
+  }
+
+  void finish() {
+    for (auto& f : finish_) f();
+    finish_.clear();
+  }
+
+ private:
+  bool enabled_;
+  std::vector<std::function<void()>> finish_;
+};
+
 // Programs are independent (each writes its own rows and partial-gradient row), so they may run in parallel.
 template <class Program>
 void run_programs(int64_t n_tiles, size_t smem, Program program) {
@@ -92,22 +146,49 @@ void run_programs(int64_t n_tiles, size_t smem, Program program) {
 
 struct HostLauncher {
   static size_t smem_limit(const at::Device&) { return 227 * 1024; }  // an H100's opt-in limit per block
+  static bool skip_segment_checks() { return unchecked(); }
 
+  // Each launch runs on a copy of its arguments whose output pointers the test hook may move into frames.
   template <class T>
-  static void attention_fwd(const B::AttentionArgs<T>& a, int64_t n, size_t smem, const at::Device&) {
+  static void attention_fwd(const B::AttentionArgs<T>& args, int64_t n, size_t smem, const at::Device&) {
+    B::AttentionArgs<T> a = args;
+    const int64_t R = a.segs.n_rows, HD = static_cast<int64_t>(a.H) * a.D;
+    Guards g(unchecked());
+    g.add(a.out, R * HD, "out");
+    g.add(a.lse, R * a.H, "lse");
+    g.add(a.lsum, R * a.H, "lsum");
     run_programs(n, smem, [&](HostBlock& b, int64_t t, char* s) { B::attention_fwd_program<T>(b, a, t, s); });
+    g.finish();
   }
   template <class T>
-  static void attention_bwd(const B::AttentionArgs<T>& a, int64_t n, size_t smem, const at::Device&) {
+  static void attention_bwd(const B::AttentionArgs<T>& args, int64_t n, size_t smem, const at::Device&) {
+    B::AttentionArgs<T> a = args;
+    const int64_t R = a.segs.n_rows, HD = static_cast<int64_t>(a.H) * a.D;
+    Guards g(unchecked());
+    g.add(a.dq, R * HD, "dq");
+    g.add(a.dk, R * HD, "dk");
+    g.add(a.dv, R * HD, "dv");
+    g.add(a.dpos, R * 3, "dpos");
+    g.add(a.grad_partial, n * a.psi.grad_size, "grad_partial");
     run_programs(n, smem, [&](HostBlock& b, int64_t t, char* s) { B::attention_bwd_program<T>(b, a, t, s); });
+    g.finish();
   }
   template <class T>
-  static void encoding_fwd(const B::EncodingArgs<T>& e, int64_t n, size_t smem, const at::Device&) {
+  static void encoding_fwd(const B::EncodingArgs<T>& args, int64_t n, size_t smem, const at::Device&) {
+    B::EncodingArgs<T> e = args;
+    Guards g(unchecked());
+    g.add(e.s, e.segs.n_rows, "s");
     run_programs(n, smem, [&](HostBlock& b, int64_t t, char* s) { B::encoding_fwd_program<T>(b, e, t, s); });
+    g.finish();
   }
   template <class T>
-  static void encoding_bwd(const B::EncodingArgs<T>& e, int64_t n, size_t smem, const at::Device&) {
+  static void encoding_bwd(const B::EncodingArgs<T>& args, int64_t n, size_t smem, const at::Device&) {
+    B::EncodingArgs<T> e = args;
+    Guards g(unchecked());
+    g.add(e.dpos, e.segs.n_rows * 3, "dpos");
+    g.add(e.grad_partial, n * e.phi.grad_size, "grad_partial");
     run_programs(n, smem, [&](HostBlock& b, int64_t t, char* s) { B::encoding_bwd_program<T>(b, e, t, s); });
+    g.finish();
   }
 };
 

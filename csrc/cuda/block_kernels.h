@@ -15,7 +15,8 @@
 // writes in that phase (the emulation runs threads forwards and backwards to check results do not change).
 //
 // Work split (DESIGN.md §5). Rows are the "segments of rows" layout of csrc/ops.cpp. A program owns a tile of
-// kRows consecutive rows [r0, r1) of one molecule (rows [s, e)); the glue builds the table of tiles.
+// kRows consecutive rows [r0, r1) of one molecule (rows [s, e)), derived from the program index and seg on the
+// device (tile_of: no tile table, no host copy of seg; bad seg values are clamped, oversized molecules get NaN).
 //   attention forward : the tile's rows are queries; loop over key tiles; ψω evaluated once per (query, key)
 //                       pair on the pair tile (hidden layers as tile matmuls in shared memory) and reused by
 //                       every head; un-gated online softmax (running max m, sum l) with the gated numerator
@@ -31,7 +32,7 @@
 //   encoding          : s_i = Σ_j φ(rinv_ij) over valid j including i (rinv_ii = 0); backward with upstream
 //                       ds_i + ds_j per pair (again ½ for the weights).
 // Precision: exact scalar FMA by default; the hidden h→h layers of ψω/φ on TF32 tensor cores when the glue
-// enables MmaWeights (float only: GTKERNELS_TF32=1, or float16/bfloat16 inputs).
+// enables MmaWeights (float only: precision="tf32", or float16/bfloat16 inputs).
 // On a diagonal tile (I = J: a whole QM9 molecule) ψω/φ runs once per unordered pair and is mirrored, forward
 // and backward. Nothing N×N is written to global memory: pair tiles live in shared memory.
 #pragma once
@@ -53,7 +54,6 @@ constexpr int kRows = 32;      // rows per tile (queries and keys); QM9 molecule
 constexpr int kThreads = 128;  // threads per program
 constexpr int kMinPrograms = 2;  // programs per SM the kernels are compiled for (__launch_bounds__), as the
                                  // glue's shared-memory target; without it ptxas spills at ~50 registers
-constexpr int kTileFields = 4;  // a tile: r0, r1, s, e (int64)
 static_assert(kRows <= 256, "pair lists store row indices as uint8");
 
 // ---------------------------------------------------------------------------------------------------------
@@ -146,6 +146,56 @@ GT_HD inline int tile_stride(const MlpView<T>& m, const MmaWeights& mma) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Tiles. Program p is tile t = p mod T of molecule b = p / T, with T = tiles_per_mol programs per molecule,
+// which the glue sizes from host values only (FlashAttention's grid of B × ceil(max_seqlen / block)):
+// T = ceil(min(max_atoms, R) / kRows), at least 1. The tile's rows are r0 = min(s + t·kRows, e),
+// r1 = min(r0 + kRows, e) of the molecule's rows [s, e); tiles past the molecule's end are empty (r0 = r1)
+// and do nothing. seg is read as it is: on a GPU nobody has checked it (that would need a host copy), so
+// s = clamp(seg[b], 0, R) and e = clamp(seg[b + 1], s, R), and no seg value makes a program read or write
+// outside rows [0, R). A molecule with more rows than max_atoms, which the grid may not cover, is poisoned
+// rather than silently wrong: its first program writes NaN into every output row of the molecule (and into its
+// own partial-gradient row), its other programs do nothing.
+struct Segments {
+  const int64_t* seg;     // [B + 1]: molecule b owns rows seg[b] .. seg[b + 1] − 1
+  int64_t n_rows;         // R
+  int64_t max_atoms;      // the host's bound of seg[b + 1] − seg[b]
+  int64_t tiles_per_mol;  // T ≥ 1
+};
+
+struct Tile {
+  int64_t r0, r1, s, e;
+  bool oversized;  // e − s > max_atoms: the molecule's outputs are NaN
+  bool first;      // t = 0: the program that writes them
+};
+
+GT_HD inline int64_t clamp_rows(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+GT_HD inline Tile tile_of(const Segments& g, int64_t program) {
+  const int64_t b = program / g.tiles_per_mol, t = program - b * g.tiles_per_mol;
+  Tile tl;
+  tl.s = clamp_rows(g.seg[b], 0, g.n_rows);
+  tl.e = clamp_rows(g.seg[b + 1], tl.s, g.n_rows);
+  tl.r0 = clamp_rows(tl.s + t * kRows, tl.s, tl.e);
+  tl.r1 = clamp_rows(tl.r0 + kRows, tl.r0, tl.e);
+  tl.oversized = tl.e - tl.s > g.max_atoms;
+  tl.first = t == 0;
+  return tl;
+}
+
+template <class V>
+GT_HD inline V quiet_nan() {
+  return static_cast<V>(NAN);
+}
+
+// x[begin·width .. end·width) = NaN: the rows [begin, end) of a row-major output of `width` values per row.
+template <class V, class Blk>
+GT_BLOCK void poison_rows(Blk& b, V* x, int64_t begin, int64_t end, int64_t width) {
+  b.for_each_thread([&](int t) {
+    for (int64_t i = begin * width + t; i < end * width; i += b.size()) x[i] = quiet_nan<V>();
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Arguments. Tensors are contiguous; rows are the segments-of-rows layout; T is float or double.
 template <class T>
 struct AttentionArgs {
@@ -154,7 +204,7 @@ struct AttentionArgs {
   const T* v;            // [R, H, D]
   const double* pos;     // [R, 3]
   const bool* valid;     // [R] or nullptr (every row an atom)
-  const int64_t* tiles;  // [n_tiles][4]
+  Segments segs;         // the molecules' rows (tile_of)
   int H, D;
   T scale;
   MlpView<T> psi;        // hidden ReLU, no output activation; g = ψ²
@@ -166,7 +216,7 @@ struct AttentionArgs {
   T* lse;
   T* lsum;
   // backward: dout [R, H, D], out-derived dsum [R, H] = Σ_d dout·out, the forward's lse; outputs dq, dk, dv
-  // [R, H, D] and dpos [R, 3] (zeros in), grad_partial [n_tiles][psi.grad_size] (zeros in)
+  // [R, H, D] and dpos [R, 3] (zeros in), grad_partial [B·tiles_per_mol][psi.grad_size] (zeros in)
   const T* dout;
   const T* dsum;
   const T* lse_in;
@@ -181,14 +231,14 @@ template <class T>
 struct EncodingArgs {
   const double* pos;     // [R, 3]
   const bool* valid;     // [R] or nullptr
-  const int64_t* tiles;  // [n_tiles][4]
+  Segments segs;
   MlpView<T> phi;        // hidden GELU, output GELU
   MmaWeights mma;
   int chunk;
   T* s;                  // forward output [R] (zeros in)
   const T* ds;           // backward upstream [R]
   double* dpos;          // [R, 3] (zeros in)
-  T* grad_partial;       // [n_tiles][phi.grad_size] (zeros in)
+  T* grad_partial;       // [B·tiles_per_mol][phi.grad_size] (zeros in)
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -424,9 +474,10 @@ GT_HD inline T dot(const T* a, const T* b, int n) {
 
 // The loop of every program: load its own tile's valid rows (as I when own_is_i — queries, encoded atoms — else
 // as J), then each tile of the molecule as the partner, build the pair list, and run
-// body(nI, nJ, diagonal, np) on every non-empty pair of tiles. Nothing runs when the own tile has no valid row.
+// body(nI, nJ, diagonal, np) on every non-empty pair of tiles. Nothing runs when the own tile has no valid row
+// (an empty tile, r0 = r1, included).
 template <class T, class Blk, class Body>
-GT_BLOCK void over_partner_tiles(Blk& b, const Smem<T>& sm, const int64_t* tl, const bool* valid, const double* pos,
+GT_BLOCK void over_partner_tiles(Blk& b, const Smem<T>& sm, const Tile& tl, const bool* valid, const double* pos,
                                  bool own_is_i, bool with_self, Body&& body) {
   int64_t* own_row = own_is_i ? sm.row_i : sm.row_j;
   int64_t* part_row = own_is_i ? sm.row_j : sm.row_i;
@@ -434,14 +485,14 @@ GT_BLOCK void over_partner_tiles(Blk& b, const Smem<T>& sm, const int64_t* tl, c
   double* part_pos = own_is_i ? sm.pos_j : sm.pos_i;
   int* own_count = sm.count + (own_is_i ? 0 : 1);
   int* part_count = sm.count + (own_is_i ? 1 : 0);
-  load_rows(b, tl[0], tl[1], valid, pos, own_row, own_pos, own_count);
+  load_rows(b, tl.r0, tl.r1, valid, pos, own_row, own_pos, own_count);
   const int n_own = *own_count;
   if (n_own == 0) return;
-  for (int64_t p0 = tl[2]; p0 < tl[3]; p0 += kRows) {
-    load_rows(b, p0, p0 + kRows < tl[3] ? p0 + kRows : tl[3], valid, pos, part_row, part_pos, part_count);
+  for (int64_t p0 = tl.s; p0 < tl.e; p0 += kRows) {
+    load_rows(b, p0, p0 + kRows < tl.e ? p0 + kRows : tl.e, valid, pos, part_row, part_pos, part_count);
     const int n_part = *part_count;
     if (n_part == 0) continue;
-    const bool diagonal = p0 == tl[0];
+    const bool diagonal = p0 == tl.r0;
     const int nI = own_is_i ? n_own : n_part, nJ = own_is_i ? n_part : n_own;
     body(nI, nJ, diagonal, pair_list(b, sm, nI, nJ, diagonal, with_self));
   }
@@ -453,9 +504,17 @@ template <class T, class Blk>
 GT_BLOCK void attention_fwd_program(Blk& b, const AttentionArgs<T>& A, int64_t tile, char* smem) {
   const MlpView<T>& m = A.psi;
   const int S = tile_stride(m, A.mma), chunk = A.chunk, H = A.H, D = A.D;
+  const Tile tl = tile_of(A.segs, tile);
+  if (tl.oversized) {
+    if (tl.first) {
+      poison_rows(b, A.out, tl.s, tl.e, static_cast<int64_t>(H) * D);
+      poison_rows(b, A.lse, tl.s, tl.e, H);
+    }
+    return;
+  }
   Smem<T> sm;
   carve<T>(smem, &sm, m.n_layers, S, chunk);
-  over_partner_tiles(b, sm, A.tiles + kTileFields * tile, A.valid, A.pos, true, false,
+  over_partner_tiles(b, sm, tl, A.valid, A.pos, true, false,
                      [&](int nI, int nJ, bool diagonal, int np) {
     mlp_outputs(b, m, A.mma, sm, np, S, chunk);
     expand(b, sm.yc, sm.y, nI, nJ, diagonal, false);
@@ -519,10 +578,22 @@ template <class T, class Blk>
 GT_BLOCK void attention_bwd_program(Blk& b, const AttentionArgs<T>& A, int64_t tile, char* smem) {
   const MlpView<T>& m = A.psi;
   const int S = tile_stride(m, A.mma), chunk = A.chunk, H = A.H, D = A.D;
+  T* grad = A.grad_partial + tile * m.grad_size;
+  const Tile tl = tile_of(A.segs, tile);
+  if (tl.oversized) {
+    if (tl.first) {
+      const int64_t HD = static_cast<int64_t>(H) * D;
+      poison_rows(b, A.dq, tl.s, tl.e, HD);
+      poison_rows(b, A.dk, tl.s, tl.e, HD);
+      poison_rows(b, A.dv, tl.s, tl.e, HD);
+      poison_rows(b, A.dpos, tl.s, tl.e, 3);
+      poison_rows(b, grad, 0, 1, m.grad_size);
+    }
+    return;
+  }
   Smem<T> sm;
   carve<T>(smem, &sm, m.n_layers, S, chunk);
-  T* grad = A.grad_partial + tile * m.grad_size;
-  over_partner_tiles(b, sm, A.tiles + kTileFields * tile, A.valid, A.pos, false, false,
+  over_partner_tiles(b, sm, tl, A.valid, A.pos, false, false,
                      [&](int nI, int nJ, bool diagonal, int np) {
     mlp_outputs(b, m, A.mma, sm, np, S, chunk);
     expand(b, sm.yc, sm.y, nI, nJ, diagonal, false);
@@ -592,9 +663,14 @@ template <class T, class Blk>
 GT_BLOCK void encoding_fwd_program(Blk& b, const EncodingArgs<T>& E, int64_t tile, char* smem) {
   const MlpView<T>& m = E.phi;
   const int S = tile_stride(m, E.mma), chunk = E.chunk;
+  const Tile tl = tile_of(E.segs, tile);
+  if (tl.oversized) {
+    if (tl.first) poison_rows(b, E.s, tl.s, tl.e, 1);
+    return;
+  }
   Smem<T> sm;
   carve<T>(smem, &sm, m.n_layers, S, chunk);
-  over_partner_tiles(b, sm, E.tiles + kTileFields * tile, E.valid, E.pos, true, true,
+  over_partner_tiles(b, sm, tl, E.valid, E.pos, true, true,
                      [&](int nI, int nJ, bool diagonal, int np) {
     mlp_outputs(b, m, E.mma, sm, np, S, chunk);
     expand(b, sm.yc, sm.y, nI, nJ, diagonal, true);
@@ -614,10 +690,18 @@ template <class T, class Blk>
 GT_BLOCK void encoding_bwd_program(Blk& b, const EncodingArgs<T>& E, int64_t tile, char* smem) {
   const MlpView<T>& m = E.phi;
   const int S = tile_stride(m, E.mma), chunk = E.chunk;
+  T* grad = E.grad_partial + tile * m.grad_size;
+  const Tile tl = tile_of(E.segs, tile);
+  if (tl.oversized) {
+    if (tl.first) {
+      poison_rows(b, E.dpos, tl.s, tl.e, 3);
+      poison_rows(b, grad, 0, 1, m.grad_size);
+    }
+    return;
+  }
   Smem<T> sm;
   carve<T>(smem, &sm, m.n_layers, S, chunk);
-  T* grad = E.grad_partial + tile * m.grad_size;
-  over_partner_tiles(b, sm, E.tiles + kTileFields * tile, E.valid, E.pos, false, true,
+  over_partner_tiles(b, sm, tl, E.valid, E.pos, false, true,
                      [&](int nI, int nJ, bool diagonal, int np) {
     b.for_each_thread([&](int t) {
       // φ(rinv_ij) is in s_i and in s_j (once in s_i for the self term i = j)

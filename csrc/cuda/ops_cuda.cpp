@@ -1,6 +1,7 @@
 // ops_cuda.cpp — torch glue of the CUDA kernels: the CUDA implementations of the gtkernels_C ops (schemas in
-// ../ops.cpp). Checks, tiles, packing and gradient reduction are in ../fused_glue.h (shared with the host
-// emulation the CPU tests run); this file only launches on the current stream of the inputs' device.
+// ../ops.cpp). Checks, the program grid, packing and gradient reduction are in ../fused_glue.h (shared with the
+// host emulation the CPU tests run); this file only launches on the current stream of the inputs' device. No
+// host synchronisation: nothing is copied between host and device (tests/test_no_host_sync.py).
 // Built into gtkernels._C only by the CUDA build (setup.py); compile-checked without a GPU by .ci/cuda_check.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -23,6 +24,9 @@ struct CudaLauncher {
   static size_t smem_limit(const at::Device& dev) {
     return static_cast<size_t>(B::max_dynamic_smem(dev.index()));
   }
+  // Nothing to skip: seg is on the GPU, where its values are never checked in C++ (the kernels clamp it and
+  // poison molecules larger than max_atoms, block_kernels.h tile_of).
+  static bool skip_segment_checks() { return false; }
   static void* stream(const at::Device& dev) { return c10::cuda::getCurrentCUDAStream(dev.index()).stream(); }
 
   template <class T>

@@ -31,7 +31,8 @@ def geometric_attention(q: Tensor, k: Tensor, v: Tensor, pos: Union[Tensor, Batc
             the layout (then mask, cu_seqlens and max_seqlen stay None) and is shared by the layers of a model.
         psi_params: ψω weights ``[W0, b0, ..., Wn, bn]`` (``PsiMLP.params()``), shared by all heads.
         max_seqlen: packed only: the largest molecule's atom count, known on the host; None reads it from
-            cu_seqlens (a host sync).
+            cu_seqlens (a host sync). ``validate=True`` checks it; unchecked and too small, ``backend="cuda"`` on
+            CUDA tensors gives NaN for the molecules larger than it (the CPU backends raise).
         backend: ``"auto"`` (fastest available), ``"reference"``, ``"cpu"``, ``"triton"``, ``"cuda"``.
         precision: ``"ieee"`` (exact float32 matmuls, the default) or ``"tf32"`` (TF32 tensor cores for the
             float32 matmuls of the GPU backends, ~1e-3 relative error; the CPU and reference backends are exact).

@@ -4,8 +4,12 @@ Every op works on the "segments of rows" layout shared by all compiled backends:
 ``q, k, v: [R, H, D]``, ``pos: [R, 3]`` (always float64: distances are computed in float64),
 ``seg: int64 [B + 1]`` row boundaries of the molecules, ``valid: bool [R]`` or None (False marks a padding
 row) and ``max_atoms``, a host int bounding every molecule's row count (FlashAttention's ``max_seqlen``: the
-GPU backends size their launch grids with it and never copy ``seg`` to the host). ``precision`` ("ieee" or
-"tf32") selects the GPU backends' float32 matmuls. The public functions in :mod:`gtkernels.ops.attention` /
+GPU backends size their launch grids with it and never copy ``seg`` to the host). ``seg``'s values are checked
+where ``seg`` is on the CPU (the CPU backend, the host emulation of the CUDA kernels); on CUDA tensors the cuda
+backend does not check them (:func:`~gtkernels.prepare_geometry` validates ``cu_seqlens`` / ``max_seqlen`` once
+per forward when ``validate=True``): its kernels clamp ``seg`` into ``[0, R]`` and write NaN into every output of
+a molecule with more rows than ``max_atoms``. ``precision`` ("ieee" or "tf32") selects the GPU backends' float32
+matmuls. The public functions in :mod:`gtkernels.ops.attention` /
 :mod:`gtkernels.ops.encoding` convert the padded and packed layouts to it (:mod:`gtkernels.ops.geometry`).
 
 The ``backend`` string argument selects the implementation (``"cpu"`` and ``"cuda"``: ``torch.ops.gtkernels_C``,
