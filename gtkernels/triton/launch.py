@@ -131,8 +131,14 @@ def block_size(max_atoms: int) -> int:
     return 16 if max_atoms <= 16 else 32
 
 
+#: Whether launches under the interpreter take its faster geometry (False: the GPU's, e.g. to record the GPU
+#: specialisations, as tools/triton_aot.py does).
+INTERPRETER_GEOMETRY = True
+
+
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Launch geometry for the interpreter (TRITON_INTERPRET=1)."""
+    return INTERPRETER_GEOMETRY and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def chunk_pairs(hp: int, cd: torch.dtype, pairs: int) -> int:
@@ -215,34 +221,41 @@ def small_head(d: int) -> Tuple[int, bool]:
 
 # ------------------------------------------------------------------------------------------------ checks
 def check_segments(seg: Tensor, valid: Optional[Tensor], rows: int, max_atoms: int, device: torch.device) -> None:
-    """The checks of the C++ ops (op_checks.h) on seg, valid and max_atoms. The contents of seg are read only
-    when it lives on the CPU (free there); on a GPU reading them would synchronise, so the public ops check
-    cu_seqlens once per forward (``validate=True``) and the kernels clamp seg (memory-safe for any values) and
-    write NaN for a molecule longer than max_atoms."""
+    """The checks of the C++ ops (op_checks.h) on seg, valid and max_atoms, with their messages. The contents
+    of seg are read only when it lives on the CPU (free there: the interpreter); on a GPU reading them would
+    synchronise, so the public ops check cu_seqlens once per forward (``validate=True``) and the kernels clamp
+    seg (memory-safe for any values) and write NaN for a molecule longer than max_atoms."""
     if not isinstance(seg, Tensor) or seg.dtype != torch.int64 or seg.dim() != 1 or seg.numel() < 1:
-        raise ValueError(f"seg must be a 1-D int64 tensor of length B + 1 >= 1, got "
-                         f"{getattr(seg, 'dtype', type(seg).__name__)} {tuple(getattr(seg, 'shape', ()))}")
+        raise ValueError(f"gtkernels: seg must be a 1-D int64 tensor of length B + 1 >= 1, got "
+                         f"{getattr(seg, 'dtype', type(seg).__name__)} of shape {tuple(getattr(seg, 'shape', ()))}")
     if seg.device != device or not seg.is_contiguous():
-        raise ValueError(f"seg must be a contiguous tensor on {device}, got {seg.device}")
+        raise ValueError(f"gtkernels: seg must be a contiguous tensor on {device}, got {seg.device}")
     if valid is not None:
-        if valid.dtype != torch.bool or valid.dim() != 1 or valid.shape[0] != rows:
-            raise ValueError(f"valid must be a bool tensor of shape [{rows}], got {valid.dtype} {tuple(valid.shape)}")
-        if valid.device != device:
-            raise ValueError(f"valid must be on {device}, got {valid.device}")
-    if not isinstance(max_atoms, int) or max_atoms < 0:
-        raise ValueError(f"max_atoms must be an int >= 0, got {max_atoms!r}")
-    if seg.device.type != "cpu":
-        return
-    s = seg.tolist()
+        if valid.dtype != torch.bool:
+            raise ValueError(f"gtkernels: valid must be a bool tensor, got {valid.dtype}")
+        if valid.dim() != 1 or valid.shape[0] != rows:
+            raise ValueError(f"gtkernels: valid must have shape [{rows}], got {list(valid.shape)}")
+        if valid.device != device or not valid.is_contiguous():
+            raise ValueError(f"gtkernels: valid must be a contiguous tensor on {device}, got {valid.device}")
+    if isinstance(max_atoms, bool) or not isinstance(max_atoms, int) or max_atoms < 0:
+        raise ValueError(f"gtkernels: max_atoms must be >= 0, got {max_atoms!r}")
+    if seg.device.type == "cpu":
+        check_segment_values(seg.tolist(), rows, max_atoms)
+
+
+def check_segment_values(s: List[int], rows: int, max_atoms: int) -> None:
+    """seg[0] = 0, seg[-1] = rows, non-decreasing, every molecule at most max_atoms rows (host values)."""
     if s[0] != 0:
-        raise ValueError(f"seg[0] must be 0, got {s[0]}")
+        raise ValueError(f"gtkernels: seg[0] must be 0, got {s[0]}")
     if s[-1] != rows:
-        raise ValueError(f"seg[-1] must equal the number of rows {rows}, got {s[-1]}")
+        raise ValueError(f"gtkernels: seg[-1] must equal the number of rows {rows}, got {s[-1]}")
     for b in range(len(s) - 1):
         if s[b] > s[b + 1]:
-            raise ValueError(f"seg must be non-decreasing, got seg[{b}] = {s[b]} > seg[{b + 1}] = {s[b + 1]}")
+            raise ValueError(f"gtkernels: seg must be non-decreasing, got seg[{b}] = {s[b]} > seg[{b + 1}] = "
+                             f"{s[b + 1]}")
         if s[b + 1] - s[b] > max_atoms:
-            raise ValueError(f"molecule {b} has {s[b + 1] - s[b]} rows, more than max_atoms = {max_atoms}")
+            raise ValueError(f"gtkernels: molecule {b} has {s[b + 1] - s[b]} rows, more than max_atoms = "
+                             f"{max_atoms}")
 
 
 def device_guard(device: torch.device):
