@@ -6,7 +6,7 @@ import gtkernels_py
 from gtkernels.data import batch_vector, pack, pad
 from gtkernels.data.units import atomref
 from gtkernels.models import PRESETS, GeometricTransformer
-from conftest import requires_cpu
+from conftest import requires_ase, requires_cpu
 from helpers import qm9_molecules, rel_err
 
 # "cuda": on CUDA tensors with a GPU; here its kernels' host emulation on CPU tensors (fixture below)
@@ -137,6 +137,7 @@ def test_official_checkpoint_loader(tmp_path):
         convert_official_state_dict({"something.else": torch.zeros(1)})
 
 
+@requires_ase
 def test_ase_calculator():
     from ase import Atoms
     from gtkernels.ase_calculator import GTCalculator
