@@ -114,20 +114,30 @@ EOF
     "$PY" -m pytest "${files[@]}" "${args[@]}"
     ;;
   sanitize)
+    # every timeout below ends before this step's own (STEP_END): a nested `timeout` runs in a process group of
+    # its own, which the step's timeout would not reach
+    left=$(( STEP_END - $(date +%s) - 10 ))
+    (( left < 5 )) && left=5                  # (timeout 0 would mean no timeout at all)
     echo "+ $PY tools/sanitize_case.py   (plain run first: checks the case, warms the Triton cache)"
-    "$PY" tools/sanitize_case.py
+    timeout --kill-after=5 $(( left < 90 ? left : 90 )) "$PY" tools/sanitize_case.py
     echo "plain run exit $?"
     if ! command -v compute-sanitizer >/dev/null; then
       echo "SKIPPED compute-sanitizer: not found on this machine (no CUDA toolkit / no GPU); only the plain run above ran"
       exit 0
     fi
     # the four tools at once (their own processes; the GPU is shared, nothing here is timed)
+    left=$(( STEP_END - $(date +%s) - 15 ))
+    tool_s=$(( ${GTK_SANITIZE_TOOL_S:-90} < left ? ${GTK_SANITIZE_TOOL_S:-90} : left ))
+    if (( tool_s < 15 )); then
+      echo "SKIPPED compute-sanitizer: only $left s left in this step"; exit 124
+    fi
+    echo "compute-sanitizer: memcheck, initcheck, racecheck, synccheck at once, $tool_s s each at most"
     pids=()
     for tool in memcheck initcheck racecheck synccheck; do
       (
         [ "$tool" = memcheck ] && export PYTORCH_NO_CUDA_MEMORY_CACHING=1
         t0=$(date +%s)
-        timeout --kill-after=5 "${GTK_SANITIZE_TOOL_S:-90}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+        timeout --kill-after=5 "$tool_s" compute-sanitizer --tool "$tool" --error-exitcode 9 \
           --print-limit 20 "$PY" tools/sanitize_case.py >"$WORK/sanitize-$tool.log" 2>&1
         echo "compute-sanitizer $tool exit $? in $(( $(date +%s) - t0 )) s" >>"$WORK/sanitize-$tool.log"
       ) &
@@ -201,7 +211,12 @@ TIMINGS="$WORK/timings.tsv"
 : >"$TIMINGS"
 
 elapsed() { echo $(( $(date +%s) - T0 )); }
-skipped() { case ",${GTK_SKIP:-}," in *",$1,"*) return 0 ;; esac; return 1; }
+skipped() {
+  case ",${GTK_SKIP:-}," in
+    *",$1,"*) echo "== $1: SKIPPED (GTK_SKIP)"; printf '%s\t-\t0\t%s\n' "$1" "skipped: GTK_SKIP" >>"$TIMINGS"; return 0 ;;
+  esac
+  return 1
+}
 
 # run_step LABEL BUDGET LATER LOG CMD...: CMD under timeout, output appended to LOG, its time recorded. The timeout
 # is BUDGET (x SCALE in the dry run), cut so that LATER seconds (the least the later steps need) and the report's
@@ -217,7 +232,8 @@ run_step() {
   fi
   echo "== [$(elapsed) s] $label: start (budget $t s) -> $(basename "$log")"
   local s=$(date +%s)
-  timeout --kill-after=10 "$t" "$@" >>"$log" 2>&1
+  # STEP_END: when this step's timeout fires; a step that starts timeouts of its own keeps them inside it
+  STEP_END=$(( s + t )) timeout --kill-after=10 "$t" "$@" >>"$log" 2>&1
   local rc=$? dt=$(( $(date +%s) - s ))
   local note="exit $rc"
   { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && note="TIMED OUT after $t s"
