@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# tools/gpu_session.sh: everything a lent GPU machine is for, in ONE call of at most 8 minutes (GTK_SESSION_S=470 s
-# of steps; the rest of the 540 s is the tool's own start and copy).
+# tools/gpu_session.sh: everything a lent GPU machine is for, in ONE call of at most 8 minutes (a 470 s deadline for
+# the steps, GTK_SESSION_S, plus the report; the rest of the 540 s timeout is margin).
 #
 # Call it with the device tool, from this repository, carrying nothing (no wheels: it needs neither qm9pack nor ase;
 # the QM9 molecules come from the committed tests/data/qm9_sample.npz):
-#     run(command="GTK_COMMIT=<short sha> bash tools/gpu_session.sh", timeout_s=540)
-# (GTK_COMMIT only labels the results: the copied tree may have no .git.) It builds on the bare machine, then
+#     run(command="bash tools/gpu_session.sh", timeout_s=540)
+# or, so that the results name the commit even if the copied tree has no .git:
+#     run(command="GTK_COMMIT=<short sha, written out> bash tools/gpu_session.sh", timeout_s=540)
+# On the bare machine it runs, in order:
 #   a  env       nvidia-smi, torch / triton / CUDA / nvcc / compute-sanitizer versions, date, commit
 #   b  build     FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 python3 setup.py build_ext --inplace
 #   c  tests     tests/test_gpu_backends.py, the cuda/triton cases of tests/test_model.py, and test_padding_nan.py /
@@ -31,7 +33,8 @@
 #
 # Knobs: PYTHON (python3), OUT, GTK_SESSION_S, GTK_XDIST (workers for step c; 0 = none), GTK_TEST_TIMEOUT (s per
 # test, 90), GTK_BENCH_TARGET_S (timed seconds per benchmark, 0.5), GTK_BENCH_K_QM9 / GTK_BENCH_K_SINGLE (the -k
-# selections), GTK_SKIP (comma-separated steps to leave out: tests, sanitize, bench).
+# selections), GTK_SKIP (comma-separated steps to leave out: tests, sanitize, bench), GTK_DRY_RUN_SCALE (budgets
+# x 8 in the dry run).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
