@@ -199,19 +199,21 @@ SHAPES = SMOKE_SHAPES + qm9_shape_names() + [f"n{n}" for n in SINGLE_SIZES]
 
 @functools.lru_cache(maxsize=1)
 def qm9_pool():
-    """1,024 QM9 molecules drawn at random (seed 0) from qm9pack, in random order: the real size distribution.
-    A batch of B is the first B of them. Reading the CSV takes a few seconds, once per session."""
-    from gtkernels.data import sample_molecules
-    mols = sample_molecules(max(QM9_SIZES), seed=0)
+    """1,024 QM9 molecules drawn at random (seed 0), in random order: the real size distribution. A batch of B is
+    the first B of them. They come from the committed sample (gtkernels.data.qm9_sample, group ``random``: the
+    molecules ``sample_molecules(1024, seed=0)`` reads from qm9pack), so no qm9pack is needed."""
+    from gtkernels.data import qm9_sample
+    mols = qm9_sample().molecules("random")
+    assert len(mols) >= max(QM9_SIZES), f"the QM9 sample has {len(mols)} random molecules, fewer than {max(QM9_SIZES)}"
     order = np.random.default_rng(0).permutation(len(mols))
     return [mols[i] for i in order]
 
 
 @functools.lru_cache(maxsize=1)
 def smoke_pool():
-    """The first 8 QM9 molecules (3 to 8 atoms; reading them is instant): the CI smoke shapes."""
-    from gtkernels.data import load_molecules
-    return load_molecules(8)
+    """The first 8 QM9 molecules (3 to 8 atoms), from the committed sample (group ``head``): the CI smoke shapes."""
+    from gtkernels.data import qm9_sample
+    return qm9_sample().molecules("head")
 
 
 def _from_packed(name, family, layout, z, pos, cu, augmented):

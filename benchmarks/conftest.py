@@ -22,14 +22,18 @@ SKIPPED = {}  # test id -> skip reason, written into the JSON's machine_info for
 
 
 def _commit() -> str:
-    """HEAD when the run starts (another session may commit while it runs), +dirty with uncommitted changes."""
+    """HEAD when the run starts (another session may commit while it runs), +dirty with uncommitted changes.
+    Where the tree is no git checkout (a copy on a lent GPU machine), ``$GTK_COMMIT`` if set, else "unknown"."""
+    fallback = os.environ.get("GTK_COMMIT") or "unknown"
     try:
         commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return fallback
+    if not commit:
+        return fallback
     return commit + ("+dirty" if dirty else "")
 
 

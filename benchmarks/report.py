@@ -266,6 +266,7 @@ def render(data: dict, rows: List[Row], title: str, plots: List[str], json_name:
     out = [f"# {title}", ""]
     out += [f"- **Device:** {meta.get('device', cpu.get('brand_raw', '?'))} ({meta.get('device_type', '?')})",
             f"- **Software:** torch {meta.get('torch', '?')}, triton {meta.get('triton', '?')}, "
+            + (f"CUDA {meta['cuda']}, " if meta.get("cuda") not in (None, "none") else "") +
             f"gtkernels {meta.get('gtkernels', '?')} at commit {meta.get('commit', data.get('commit_info', {}).get('id', '?'))}, "
             f"Python {data.get('machine_info', {}).get('python_version', '?')}",
             f"- **Date:** {meta.get('date', data.get('datetime', '?'))}",

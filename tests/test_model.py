@@ -1,42 +1,83 @@
-"""gtkernels.models.GeometricTransformer: parity with gtkernels_py's model, layouts, forces, presets."""
+"""gtkernels.models.GeometricTransformer: parity with gtkernels_py's model, layouts, forces, presets.
+
+GPU backends ("cuda", "triton") run the model on CUDA tensors when a GPU is visible. Without one, "cuda" runs its
+kernels' host emulation on CPU tensors (GTKERNELS_CUDA_EMULATE=1, set below) and "triton" the Triton interpreter
+(TRITON_INTERPRET=1, set by conftest.py before triton is imported). The reference model it is compared with
+always runs on CPU.
+"""
+import os
+
 import pytest
 import torch
 
+import gtkernels
 import gtkernels_py
 from gtkernels.data import batch_vector, pack, pad
 from gtkernels.data.units import atomref
 from gtkernels.models import PRESETS, GeometricTransformer
-from conftest import requires_cpu
+from conftest import requires_ase, requires_cpu
 from helpers import qm9_molecules, rel_err
 
-# "cuda": on CUDA tensors with a GPU; here its kernels' host emulation on CPU tensors (fixture below)
-BACKENDS = ["reference", pytest.param("cpu", marks=requires_cpu), pytest.param("cuda", marks=requires_cpu)]
+GPU_BACKENDS = ("cuda", "triton")
+CUDA = torch.cuda.is_available()
+
+
+def _gpu_skip_reason(backend):
+    if backend == "triton":
+        if not gtkernels._backends.triton_available():
+            return "triton is not installed"
+        if not (CUDA or os.environ.get("TRITON_INTERPRET") == "1"):
+            return "no CUDA and TRITON_INTERPRET is not 1"
+    elif not gtkernels.extension_available():
+        return "gtkernels._C not built"
+    elif CUDA and not gtkernels._backends.cuda_kernels_built():
+        return "gtkernels._C was built without the CUDA kernels"
+    return None
+
+
+BACKENDS = ["reference", pytest.param("cpu", marks=requires_cpu)] + [
+    pytest.param(b, marks=pytest.mark.skipif(_gpu_skip_reason(b) is not None, reason=str(_gpu_skip_reason(b))))
+    for b in GPU_BACKENDS]
 
 
 @pytest.fixture(autouse=True)
 def _emulate_cuda_kernels(monkeypatch):
-    if not torch.cuda.is_available():
+    if not CUDA:
         monkeypatch.setenv("GTKERNELS_CUDA_EMULATE", "1")
 
 
+def _device(backend):
+    """Where ``backend``'s model and inputs live: CUDA for the GPU backends when there is a GPU, else CPU."""
+    return torch.device("cuda") if backend in GPU_BACKENDS and CUDA else torch.device("cpu")
+
+
+def _to(device, *tensors):
+    return [None if t is None else t.to(device) for t in tensors]
+
+
 def _pair(backend, dtype=torch.float64, **kw):
+    """(model of ``backend`` on its device, gtkernels_py's model on CPU), the same weights."""
     torch.manual_seed(0)
     ref_atomref = torch.as_tensor(atomref("U0")) / 1000
     m = GeometricTransformer("tiny", backend=backend, mean=-5.0, std=2.0, atomref=ref_atomref, **kw).to(dtype)
     r = gtkernels_py.GeometricTransformer(**PRESETS["tiny"]).to(dtype)
     r.load_state_dict(m.state_dict())
-    return m, r
+    return m.to(_device(backend)), r
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_matches_reference_model(backend):
     m, r = _pair(backend)
+    dev = _device(backend)
     mols = qm9_molecules(6)
     z, pos, mask = pad(mols, torch.float64)
-    assert rel_err(m(z, pos, mask), r(z, pos, mask)) < 1e-10
-    zp, pp, cu = pack(mols, torch.float64)
-    assert rel_err(m(zp, pp, cu_seqlens=cu), r(z, pos, mask)) < 1e-10
-    assert rel_err(m.forward_batch(zp, pp, batch_vector(cu)), r(z, pos, mask)) < 1e-10
+    want = r(z, pos, mask)
+    out = m(*_to(dev, z, pos, mask))
+    assert out.device.type == dev.type
+    assert rel_err(out.cpu(), want) < 1e-10
+    zp, pp, cu = _to(dev, *pack(mols, torch.float64))
+    assert rel_err(m(zp, pp, cu_seqlens=cu).cpu(), want) < 1e-10
+    assert rel_err(m.forward_batch(zp, pp, batch_vector(cu)).cpu(), want) < 1e-10
     # the state-dict names are the reference's, both ways
     assert set(m.state_dict()) == set(r.state_dict())
 
@@ -45,9 +86,9 @@ def test_matches_reference_model(backend):
 def test_float32_and_position_cast(backend):
     m, r = _pair(backend, torch.float32)
     z, pos, mask = pad(qm9_molecules(4), torch.float64)
-    out = m(z, pos, mask)  # float64 positions pass through to the ops (distances in float64)
-    assert out.dtype == torch.float32
-    assert rel_err(out, r(z, pos.float(), mask)) < 1e-5
+    out = m(*_to(_device(backend), z, pos, mask))  # float64 positions pass through to the ops (distances in float64)
+    assert out.dtype == torch.float32 and out.device.type == _device(backend).type
+    assert rel_err(out.cpu(), r(z, pos.float(), mask)) < 1e-5
 
 
 def test_without_atomref():
@@ -62,14 +103,18 @@ def test_forces_are_minus_gradient(backend):
     m, r = _pair(backend, target="U0")
     m.eval()
     z, pos, mask = pad(qm9_molecules(2), torch.float64)
-    e, f = m.forces(z, pos, mask)
+    e, f = m.forces(*_to(_device(backend), z, pos, mask))
+    assert f.device.type == _device(backend).type
+    e, f = e.detach().cpu(), f.cpu()
     p = pos.clone().requires_grad_()
-    (g,) = torch.autograd.grad(r(z, p, mask).sum(), p)
+    e_ref = r(z, p, mask)
+    (g,) = torch.autograd.grad(e_ref.sum(), p)
+    assert rel_err(e, e_ref) < 1e-10
     assert rel_err(f, -g) < 1e-8 and f.shape == pos.shape
     assert float(f[~mask].abs().max()) == 0.0
     m.target = "gap"
     with pytest.raises(ValueError, match="energy"):
-        m.forces(z, pos, mask)
+        m.forces(*_to(_device(backend), z, pos, mask))
 
 
 def test_validation_once_at_model_level():
@@ -137,6 +182,7 @@ def test_official_checkpoint_loader(tmp_path):
         convert_official_state_dict({"something.else": torch.zeros(1)})
 
 
+@requires_ase
 def test_ase_calculator():
     from ase import Atoms
     from gtkernels.ase_calculator import GTCalculator
@@ -165,8 +211,9 @@ def test_autocast_bf16(backend):
     """bf16 autocast (the trainer's --amp, on GPU): the fused op runs in float32, the read-out too."""
     m, r = _pair(backend, torch.float32)
     z, pos, mask = pad(qm9_molecules(4), torch.float32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = m(z, pos, mask, include_atomref=False)
-    assert out.dtype == torch.float32
+    dev = _device(backend)
+    with torch.autocast(dev.type, dtype=torch.bfloat16):
+        out = m(*_to(dev, z, pos, mask), include_atomref=False)
+    assert out.dtype == torch.float32 and out.device.type == dev.type
     ref = r(z, pos, mask) - (r.atomref[z] * mask).sum(-1)
-    assert rel_err(out, ref) < 0.05
+    assert rel_err(out.cpu(), ref) < 0.05

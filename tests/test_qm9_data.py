@@ -10,6 +10,7 @@ from gtkernels.data import (QM9, MoleculeFileError, batch_vector, cu_seqlens_fro
                             make_split, merge_pairs, pack, pad, padding_overhead, read_xyz)
 from gtkernels.data.qm9 import cache_path
 from gtkernels.data.units import HARTREE_TO_MEV, atomref
+from conftest import requires_ase, requires_qm9pack
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +19,7 @@ def qm9_full(tmp_path_factory):
     return QM9(cache=str(tmp_path_factory.mktemp("qm9cache")), progress=False)
 
 
+@requires_qm9pack
 def test_counts(qm9_full):
     ds = qm9_full
     assert len(ds) == 130_831
@@ -27,6 +29,7 @@ def test_counts(qm9_full):
     assert ds.z.dtype == np.uint8 and ds.pos.dtype == np.float32 and ds.offsets.dtype == np.int64
 
 
+@requires_qm9pack
 def test_units_and_atomrefs(qm9_full):
     ds = qm9_full
     m = ds.molecule(0)
@@ -43,6 +46,7 @@ def test_units_and_atomrefs(qm9_full):
     assert -17.3e3 < atomisation < -16.9e3
 
 
+@requires_qm9pack
 def test_second_load_is_fast_and_reused(qm9_full):
     again = QM9(cache=os.path.dirname(qm9_full.path), progress=False)
     assert not again.rebuilt and len(again) == len(qm9_full)
@@ -59,6 +63,7 @@ def test_split_reproducible(tmp_path):
     assert all(np.array_equal(a[k], back[k]) for k in a)
 
 
+@requires_qm9pack
 @pytest.mark.parametrize("damage", ["truncate", "no_marker", "flip", "garbage"])
 def test_corrupted_cache_is_rebuilt(tmp_path, damage):
     ds = QM9(cache=str(tmp_path), limit=50, progress=False)
@@ -82,6 +87,7 @@ def test_corrupted_cache_is_rebuilt(tmp_path, damage):
     assert np.array_equal(again.targets("U0"), ds.targets("U0"))
 
 
+@requires_qm9pack
 def test_env_cache_override(tmp_path, monkeypatch):
     monkeypatch.setenv("GTKERNELS_CACHE", str(tmp_path))
     ds = QM9(limit=5, progress=False)
@@ -102,6 +108,7 @@ def test_batching_layouts_and_overhead():
     assert torch.equal(cu_seqlens_from_batch(b), cu)
 
 
+@requires_ase
 def test_read_xyz_and_errors(tmp_path):
     good = tmp_path / "good.xyz"
     good.write_text("3\nwater\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n2\nH2\nH 0 0 0\nH 0.74 0 0\n")
@@ -125,6 +132,7 @@ def _dist(p):
     return np.sqrt(((p[:, None, :] - p[None, :, :]) ** 2).sum(-1))
 
 
+@requires_qm9pack
 def test_augmentation_semantics(qm9_full):
     ds = qm9_full
     idx = [100, 5000, 77777, 130000, 12, 99999]
@@ -147,3 +155,23 @@ def test_augmentation_semantics(qm9_full):
             assert _dist(p)[:len(a.z), len(a.z):].min() > 1e4
         else:
             assert np.array_equal(p, mols[i].pos) and y2[i] == y[i]
+
+
+@requires_qm9pack
+def test_sample_matches_full_dataset(qm9_full):
+    """The committed sample (tests/data/qm9_sample.npz) is what its provenance says: those rows of the dataset,
+    chosen by the stated rule, with the same atoms, targets and (before the cache's float32 rounding) positions."""
+    from gtkernels.data import qm9_sample
+    s, ds = qm9_sample(), qm9_full
+    random = np.random.default_rng(0).choice(len(ds), size=1024, replace=False)
+    largest = np.flatnonzero(ds.n_atoms == ds.n_atoms.max())
+    assert s.row.tolist() == sorted(set(random.tolist()) | set(range(8)) | set(largest.tolist()))
+    assert s.row[s.groups["random"]].tolist() == sorted(random.tolist())
+    assert s.row[s.groups["largest"]].tolist() == largest.tolist()
+    assert np.array_equal(s.index, ds.index[s.row]) and np.array_equal(s.n_atoms, ds.n_atoms[s.row])
+    for name in ("mu", "alpha", "homo", "gap", "r2", "zpve", "U0", "G", "Cv"):
+        assert np.array_equal(s.targets(name), ds.targets(name)[s.row]), name   # bit-identical
+    for i in range(0, len(s), 7):
+        a, b = s.molecule(i), ds.molecule(int(s.row[i]))
+        assert a.index == b.index and np.array_equal(a.z, b.z)
+        assert np.abs(a.pos - b.pos).max() <= 1e-6   # the cache holds float32 (~6e-7 Å at 10 Å)

@@ -8,6 +8,9 @@ import torch
 
 from gtkernels.cli import main as cli
 from gtkernels.train import load_checkpoint
+from conftest import requires_ase, requires_qm9pack
+
+pytestmark = requires_qm9pack   # trains on subsets of the full dataset (QM9(limit=N) reads qm9pack's CSV)
 
 COMMON = ["--preset", "tiny", "--no-progress", "--threads", "1"]  # 1 thread: robust on a shared, busy CI box
 
@@ -109,6 +112,7 @@ def test_evaluate_writes_plots(trained, capsys):
         assert os.path.getsize(r[key]) > 1000 and open(r[key], "rb").read(4) == b"\x89PNG"
 
 
+@requires_ase   # predict reads (extended) XYZ files with ase
 def test_predict_and_errors(trained, tmp_path, capsys):
     run, _ = trained
     good = tmp_path / "mols.xyz"
