@@ -19,7 +19,7 @@ DEMO_ARGS   ?= --target U0 --batch-size 32 --lr 5e-4 --eval-every 400 --max-val 
 DEMO_RUN    ?= build/demo-run
 SOURCES    := setup.py $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: demo kernel-demo test build bench cuda-check clean
+.PHONY: demo kernel-demo test build bench cuda-check triton-check clean
 
 # A real short training on QM9 (small preset on CPU, the paper's configuration on a GPU), then the test MAE,
 # parity plot and learning curve. The kernel-level comparison demo is `make kernel-demo`.
@@ -39,6 +39,13 @@ test: build
 # glue; needs no GPU (skipped when nvcc is missing).
 cuda-check: $(VENV)/.deps
 	bash .ci/cuda_check.sh $(PY)
+
+# Ahead-of-time compile of every Triton kernel specialisation the package launches, for sm_80 and sm_90 (no GPU
+# needed): table of shared memory, registers and spills; fails on a compile error, shared memory over the limit
+# or any spill. Results cached in build/triton-aot (by triton version and kernel-source hash).
+TRITON_AOT_MD ?= build/triton-aot/report.md
+triton-check: build
+	$(PY) tools/triton_aot.py --md $(TRITON_AOT_MD)
 
 # The whole benchmark suite (skips what this machine lacks; see BENCHMARKS.md), then its Markdown/PNG report
 # beside the JSON. BENCH_JSON: where the pytest-benchmark JSON goes.

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._backends import BACKENDS
+from ._backends import BACKENDS, PRECISIONS
 from .data.augment import merge_pairs
 from .data.batching import make_batches, packed_to_padded
 from .data.qm9 import QM9, load_split, make_split, save_split
@@ -52,7 +52,7 @@ def build_model(config: dict, mean: float = 0.0, std: float = 1.0, backend: Opti
     m = config["model"]
     kwargs = {k: m[k] for k in ("num_layers", "d_model", "num_heads") if k in m}
     return GeometricTransformer(m.get("preset", "small"), backend=backend or config.get("backend", "auto"),
-                                target=config["target"], mean=mean, std=std,
+                                precision=config.get("precision", "ieee"), target=config["target"], mean=mean, std=std,
                                 atomref=torch.as_tensor(atomref(config["target"])), **kwargs)
 
 
@@ -92,6 +92,7 @@ class Batcher:
 
     @staticmethod
     def to_tensors(z, pos, cu, y, device, layout: str = "packed"):
+        cu_host = cu
         z = torch.from_numpy(z.astype(np.int64)).to(device)
         pos = torch.from_numpy(pos).to(device)
         cu = torch.from_numpy(cu.astype(np.int32)).to(device)
@@ -99,7 +100,9 @@ class Batcher:
         if layout == "padded":
             zp, pp, mask = packed_to_padded(z, pos, cu)
             return dict(z=zp, pos=pp, mask=mask), y
-        return dict(z=z, pos=pos, cu_seqlens=cu), y
+        # the largest molecule, known here on the host: the model needs no host sync to size its kernels
+        max_seqlen = int(np.diff(cu_host).max()) if len(cu_host) > 1 else 0
+        return dict(z=z, pos=pos, cu_seqlens=cu, max_seqlen=max_seqlen), y
 
 
 def norm_stats(batcher: Batcher, train_idx: np.ndarray):
@@ -124,7 +127,7 @@ def predict_indices(model, batcher: Batcher, idx: np.ndarray, device, batch_size
 
 def _model_inputs(inp: dict) -> dict:
     if "cu_seqlens" in inp:
-        return dict(z=inp["z"], pos=inp["pos"], cu_seqlens=inp["cu_seqlens"])
+        return dict(z=inp["z"], pos=inp["pos"], cu_seqlens=inp["cu_seqlens"], max_seqlen=inp.get("max_seqlen"))
     return dict(z=inp["z"], pos=inp["pos"], mask=inp["mask"])
 
 
@@ -151,6 +154,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the initialisation and the shuffling")
     p.add_argument("--split-seed", type=int, default=None, help="seed of the split (default: --seed)")
     p.add_argument("--backend", default="auto", choices=list(BACKENDS))
+    p.add_argument("--precision", default="ieee", choices=list(PRECISIONS),
+                   help="float32 matmuls of the GPU backends: ieee (exact, default) or tf32 (tensor cores)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only)")
     p.add_argument("--layout", default="packed", choices=["packed", "padded"])
@@ -220,7 +225,8 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
             "warmup_steps": args.warmup_steps, "patience": args.patience, "factor": args.factor,
             "min_lr": args.min_lr, "clip": args.clip, "seed": args.seed,
             "split_seed": args.seed if args.split_seed is None else args.split_seed,
-            "augment": args.augment, "backend": args.backend, "layout": args.layout, "bucket": args.bucket,
+            "augment": args.augment, "backend": args.backend, "precision": args.precision, "layout": args.layout,
+            "bucket": args.bucket,
             "limit": args.limit, "max_val": args.max_val, "eval_every": args.eval_every, "amp": amp, "world_size": world,
         }
         run_dir = args.run_dir or os.path.join(

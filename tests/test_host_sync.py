@@ -95,3 +95,26 @@ def test_the_guard_catches_a_sync_in_package_code():
     with host_syncs_forbidden() as calls, pytest.raises(HostSync, match="from gtkernels/ops/geometry.py"):
         geometry.prepare_geometry(torch.zeros(5, 3), cu_seqlens=cu, validate=False)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_gpu_training_step_under_sync_debug_mode(backend):
+    """On a GPU: the same step with torch's own detector of synchronising operations set to raise (it also
+    sees syncs inside torch operators and pageable host-to-device copies)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU (tools/gpu_session.sh runs it)")
+    if backend == "cuda" and not gtkernels._backends.cuda_kernels_built():
+        pytest.skip("gtkernels._C was built without the CUDA kernels")
+    torch.manual_seed(0)
+    model = GeometricTransformer("paper", num_layers=2, backend=backend, validate=False).cuda()
+    z, pos, _ = pad(random_molecules([29, 12, 5, 18], seed=2), torch.float64)
+    z, pos = z.long().cuda(), pos.cuda()
+    model(z, pos).sum().backward()          # first call: compiles, allocates
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        energy = model(z, pos)
+        energy.sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(energy).all()

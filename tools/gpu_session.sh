@@ -98,7 +98,7 @@ EOF
   tests)
     files=(tests/test_gpu_backends.py tests/test_model.py)
     k="test_gpu_backends or (test_model and (cuda or triton))"
-    for extra in test_padding_nan test_no_host_sync; do
+    for extra in test_padding_nan test_no_host_sync test_host_sync test_cuda_unchecked_segments; do
       if [ -f "tests/$extra.py" ]; then files+=("tests/$extra.py"); k="$k or $extra"; fi
     done
     args=(-p no:cacheprovider -v -rfEs --durations=15 -k "$k")

@@ -152,15 +152,15 @@ def unit_block(hp: int) -> int:
     return min(hp, INTERPRETER_UNIT_BLOCK if interpreting() else UNIT_BLOCK)
 
 
-#: Warps per program.
-NUM_WARPS = 4
+#: Warps per program: 8 for 32-row tiles (4 pairs of a tile per thread), 4 for 16-row tiles.
+WARPS = {16: 4, 32: 8}
 #: ptxas register cap per thread: the full 255, stated, because without a cap ptxas sometimes settles on 32 or
 #: 64 registers and spills (seen with ptxas 12.8 and 13.x); the AOT gate checks that every kernel fits.
 MAX_REGISTERS = 255
 
 
 def num_warps(block: int) -> int:
-    return NUM_WARPS
+    return WARPS[block]
 
 
 def compile_options(block: int) -> dict:
@@ -171,7 +171,7 @@ def compile_options(block: int) -> dict:
 def group_rows(block: int) -> int:
     """RG: rows of a tile whose pair geometry is computed together, one pair per thread (all of the tile
     under the interpreter)."""
-    return block if interpreting() else max(1, NUM_WARPS * 32 // block)
+    return block if interpreting() else max(1, num_warps(block) * 32 // block)
 
 
 @functools.lru_cache(maxsize=None)
