@@ -8,7 +8,7 @@ import gtkernels_py as R
 from conftest import requires_cpu
 from gtkernels.ops import registry
 from gtkernels.ops.layout import packed_segments, padded_segments, padded_to_rows
-from helpers import attention_inputs, mlp_params, random_molecules
+from helpers import attention_inputs, mlp_params, random_molecules, rel_err
 
 # Parameter names of the paper's MultiHeadedAttention and Pos_encoding (yoniLc/GeometricTransformerMolecule).
 PAPER_ATTENTION_KEYS = {f"linears.{i}.weight" for i in range(4)} | {
@@ -126,3 +126,28 @@ def test_import_without_extension_falls_back_to_reference():
         "    raise SystemExit('backend=cpu without _C did not raise')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "cuda"])
+def test_fused_attention_under_autocast_by_itself(backend, monkeypatch):
+    """FusedGeometricAttention alone under torch.autocast: the projections come out in bfloat16 while ψω's weights
+    stay float32; the layer runs the fused op in bfloat16 where the backend takes it (cuda: ψω cast down), else
+    in float32 (the cpu kernels, the reference), and returns autocast's dtype, close to the float32 result."""
+    if backend == "cuda":
+        if not gtkernels.extension_available():
+            pytest.skip("gtkernels._C not built")
+        monkeypatch.setenv("GTKERNELS_CUDA_EMULATE", "1")
+    torch.manual_seed(0)
+    layer = gtkernels.FusedGeometricAttention(64, 8, backend=backend)
+    mols = random_molecules([7, 4], seed=3)
+    q, _, _, pos, mask, _ = attention_inputs(mols, 1, 1, dtype=torch.float32)
+    x = torch.randn(*mask.shape, 64)
+    exact = layer(x, pos.detach(), mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x, pos.detach(), mask)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out.float()[mask], exact[mask]) < 3e-2
+    xg = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(xg, pos.detach(), mask).float().sum().backward()
+    assert torch.isfinite(xg.grad).all() and all(torch.isfinite(p.grad).all() for p in layer.parameters())

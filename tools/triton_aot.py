@@ -304,11 +304,21 @@ def _python(args, env_extra=None, timeout=None):
                           timeout=timeout)
 
 
+def problems(res, cc):
+    """What fails the gate in one compile result: a compile error, shared memory over the limit, any spill."""
+    if not res.get("ok"):
+        return ["compile error: " + (res.get("error") or "?").splitlines()[0][:160]]
+    out = []
+    if res["shared"] > SMEM_LIMIT[cc]:
+        out.append(f"shared memory {res['shared']} B > {SMEM_LIMIT[cc]} B")
+    if res.get("spill_stores", 0) + res.get("spill_loads", 0) + res.get("local", 0):
+        out.append(f"spills {res.get('spill_stores')} / {res.get('spill_loads')} B, local {res.get('local')} B")
+    return out
+
+
 def _axes(rec):
     a = {x["name"]: x.get("v") for x in rec["args"]}
     dt = next(x["dtype"] for x in rec["args"] if x["t"] == "tensor" and x["name"] in ("Q", "DS", "S"))
-    if rec["kernel"].startswith("_enc") and dt == "float64":
-        dt = "float64"
     return {"kernel": SHORT[rec["kernel"]], "dtype": dt, "prec": a.get("PREC"), "valid": a.get("HAS_VALID"),
             "BM": a.get("BM"), "DP": a.get("DP", "-"), "HP": a.get("HP"), "NH": a.get("NH"), "CP": a.get("CP")}
 
@@ -388,29 +398,20 @@ def main():
         for cc in archs:
             res = results[(key, cc)]
             ax = _axes(rec)
-            problems = []
-            if not res.get("ok"):
-                problems.append("compile error: " + res.get("error", "?").splitlines()[0][:160])
-            else:
-                if res["shared"] > SMEM_LIMIT[cc]:
-                    problems.append(f"shared memory {res['shared']} B > {SMEM_LIMIT[cc]} B")
-                spill = res.get("spill_stores", 0) + res.get("spill_loads", 0) + res.get("local", 0)
-                if spill:
-                    problems.append(f"spills {res.get('spill_stores')} / {res.get('spill_loads')} B, local "
-                                    f"{res.get('local')} B")
-            rows.append((ax, cc, res, problems, rec["configs"]))
-            if problems:
-                failures.append((ax, cc, problems))
+            found = problems(res, cc)
+            rows.append((ax, cc, res, found, rec["configs"]))
+            if found:
+                failures.append((ax, cc, found))
     info = (f"triton {triton.__version__}, ptxas {_ptxas_version(archs)}; kernel sources {src}; "
             f"{len(captured['records'])} launches captured from {len(names)} calls in {t_capture:.0f} s; "
             f"{len(uniq)} specialisations x {len(archs)} archs = {len(jobs)} compiles ({cached} cached); "
             f"total {time.time() - t_start:.0f} s with {args.jobs} jobs")
-    report = _report(rows, info, captured["errors"], failures)
-    print(report)
+    text = report(rows, info, captured["errors"], failures)
+    print(text)
     if args.md:
         os.makedirs(os.path.dirname(os.path.abspath(args.md)), exist_ok=True)
         with open(args.md, "w") as fh:
-            fh.write(report)
+            fh.write(text)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"info": info, "records": list(uniq.values()),
@@ -433,7 +434,8 @@ def _ptxas_version(archs):
     return ", ".join(out)
 
 
-def _report(rows, info, host_errors, failures):
+def report(rows, info, host_errors, failures):
+    """The Markdown table of the gate."""
     lines = ["# Triton kernels compiled ahead of time", "", info, "",
              "Limits: shared memory per CTA " + ", ".join(f"{ARCH_NAME[c]} {SMEM_LIMIT[c]:,} B" for c in SMEM_LIMIT)
              + "; spills and local memory 0.", "",

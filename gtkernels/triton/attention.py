@@ -37,7 +37,7 @@ def _attention_fwd_kernel(Q, K, V, POS, VALID, SEG, PRM, SCR, M, LS, ACC, OUT, L
                           SCALE: "fp64", HAS_VALID: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                           RG: tl.constexpr, DP: tl.constexpr, SMALL: tl.constexpr, HP: tl.constexpr,
                           NH: tl.constexpr, CP: tl.constexpr, UB: tl.constexpr, CD: tl.constexpr, DD: tl.constexpr,
-                          PREC: tl.constexpr):
+                          PREC: tl.constexpr, HPREC: tl.constexpr):
     NP: tl.constexpr = BM * BN
     pid = tl.program_id(0)
     scr = SCR + pid.to(tl.int64) * (2 * NP + 2 * CP * HP)   # this program's scratch: rinv | ψ | MLP slabs
@@ -51,15 +51,12 @@ def _attention_fwd_kernel(Q, K, V, POS, VALID, SEG, PRM, SCR, M, LS, ACC, OUT, L
     # the [R, H, D] layout (loop-invariant pointer tensors would hold registers across the head loop)
     i = tl.arange(0, BM)[:, None]
     j = tl.arange(0, BN)[None, :]
-    for tile in range(pid, n_tiles, tl.num_programs(0)):
+    for tile in tl.range(pid, n_tiles, tl.num_programs(0), loop_unroll_factor=1, disable_licm=True):
         s0, s1, r0, poison = J.tile_rows(SEG, tile, R, T, MAXA, BM)
         if r0 < s1:
             rin = r0 + i < s1
             rok = J.row_ok(VALID, r0 + i, rin, HAS_VALID)               # [BM, 1]
-            Qr = Q + r0 * HD
-            ACCr = ACC + r0 * HD
-            OUTr = OUT + r0 * HD
-            for c0 in range(s0, s1, BN):
+            for c0 in tl.range(s0, s1, BN, loop_unroll_factor=1, disable_licm=True):
                 cok = J.row_ok(VALID, c0 + j, c0 + j < s1, HAS_VALID)   # [1, BN]
                 allowed = rok & cok & (i + (r0 - c0) != j)
                 J.tile_rinv(XS, POS, VALID, r0, c0, s1, BM, BN, RG, HAS_VALID, CD)
@@ -68,12 +65,11 @@ def _attention_fwd_kernel(Q, K, V, POS, VALID, SEG, PRM, SCR, M, LS, ACC, OUT, L
                 g = g * g                               # the gate ψ², shared by every head
                 later = i * 0 + c0 > s0                 # a previous key block left state to read
                 last = c0 + BN >= s1
-                Kc = K + c0 * HD
-                Vc = V + c0 * HD
-                for h in range(H):
+                for h in tl.range(H, loop_unroll_factor=1, disable_licm=True):
                     ro = J.in_loop(i * HD + h * D)
                     co = J.in_loop(j * HD + h * D)
-                    s = J.scores(Qr, Kc, ro, co, rok, cok, D, DP, SMALL, DD, CD, PREC) * scale
+                    # tile bases recomputed in the loop (scalars: cheaper than live registers across it)
+                    s = J.scores(Q + r0 * HD, K + c0 * HD, ro, co, rok, cok, D, DP, SMALL, DD, CD, HPREC) * scale
                     s = tl.where(allowed, s, float("-inf"))
                     mo = r0 * H + J.in_loop(i * H + h)
                     m_old = tl.load(M + mo, mask=later & rin, other=float("-inf"))
@@ -88,13 +84,13 @@ def _attention_fwd_kernel(Q, K, V, POS, VALID, SEG, PRM, SCR, M, LS, ACC, OUT, L
                         has = l_new > 0.0        # padding rows, one-atom molecules: out 0, lse −inf
                         l_safe = tl.where(has, l_new, 1.0)
                         post = tl.where(poison, float("nan"), tl.where(has, 1.0 / l_safe, 0.0))
-                        J.accumulate(ACCr, OUTr, ro, rin, later, alpha, post, p * g, Vc, co, cok, D, DP, SMALL, DD,
-                                     CD, PREC)
+                        J.accumulate(ACC + r0 * HD, OUT + r0 * HD, ro, rin, later, alpha, post, p * g, V + c0 * HD, co,
+                                     cok, D, DP, SMALL, DD, CD, HPREC)
                         lse = tl.where(has, m_safe + tl.log(l_safe), float("-inf"))
                         tl.store(LSE + mo, tl.where(poison, float("nan"), lse), mask=rin)
                     else:
-                        J.accumulate(ACCr, ACCr, ro, rin, later, alpha, alpha * 0.0 + 1.0, p * g, Vc, co, cok, D, DP,
-                                     SMALL, DD, CD, PREC)
+                        J.accumulate(ACC + r0 * HD, ACC + r0 * HD, ro, rin, later, alpha, alpha * 0.0 + 1.0, p * g,
+                                     V + c0 * HD, co, cok, D, DP, SMALL, DD, CD, HPREC)
                         tl.store(M + mo, m_new, mask=rin)
                         tl.store(LS + mo, l_new, mask=rin)
                 tl.debug_barrier()   # the next key block rewrites the scratch and reads the state back
@@ -105,7 +101,7 @@ def _attention_bwd_kernel(DO, Q, K, V, POS, VALID, SEG, PRM, SCR, GRD, LSE, DELT
                           MAXA, T, n_tiles, NPRM, SCALE: "fp64", HAS_VALID: tl.constexpr, BM: tl.constexpr,
                           BN: tl.constexpr, RG: tl.constexpr, DP: tl.constexpr, SMALL: tl.constexpr, HP: tl.constexpr,
                           NH: tl.constexpr, CP: tl.constexpr, UB: tl.constexpr, CD: tl.constexpr,
-                          DD: tl.constexpr, PREC: tl.constexpr):
+                          DD: tl.constexpr, PREC: tl.constexpr, HPREC: tl.constexpr):
     NP: tl.constexpr = BM * BN
     pid = tl.program_id(0)
     scr = SCR + pid.to(tl.int64) * (4 * NP + (NH + 3) * CP * HP)   # rinv | ψ | seed | ∂L/∂rinv | slabs
@@ -120,22 +116,13 @@ def _attention_bwd_kernel(DO, Q, K, V, POS, VALID, SEG, PRM, SCR, GRD, LSE, DELT
     HD = H * D
     i = tl.arange(0, BM)[:, None]     # rows J of the tile (int32 offsets from r0, see the forward)
     j = tl.arange(0, BN)[None, :]     # rows I of the partner block (from c0)
-    for tile in range(pid, n_tiles, tl.num_programs(0)):
+    for tile in tl.range(pid, n_tiles, tl.num_programs(0), loop_unroll_factor=1, disable_licm=True):
         s0, s1, r0, poison = J.tile_rows(SEG, tile, R, T, MAXA, BM)
         if r0 < s1:
             rin = r0 + i < s1
             rok = J.row_ok(VALID, r0 + i, rin, HAS_VALID)
             one = tl.where(poison, float("nan"), 1.0) + tl.zeros([BM, 1], dtype=CD)   # NaN: a molecule > MAXA
-            Qr = Q + r0 * HD
-            Kr = K + r0 * HD
-            Vr = V + r0 * HD
-            DOr = DO + r0 * HD
-            DQr = DQ + r0 * HD
-            DKr = DK + r0 * HD
-            DVr = DV + r0 * HD
-            LSEr = LSE + r0 * H
-            DELTAr = DELTA + r0 * H
-            for c0 in range(s0, s1, BN):
+            for c0 in tl.range(s0, s1, BN, loop_unroll_factor=1, disable_licm=True):
                 cok = J.row_ok(VALID, c0 + j, c0 + j < s1, HAS_VALID)
                 allowed = rok & cok & (i + (r0 - c0) != j)
                 J.tile_rinv(XS, POS, VALID, r0, c0, s1, BM, BN, RG, HAS_VALID, CD)
@@ -144,40 +131,36 @@ def _attention_bwd_kernel(DO, Q, K, V, POS, VALID, SEG, PRM, SCR, GRD, LSE, DELT
                 g = psi * psi
                 dg = tl.zeros([BM, BN], dtype=CD)
                 later = i * 0 + c0 > s0
-                Qc = Q + c0 * HD
-                Kc = K + c0 * HD
-                Vc = V + c0 * HD
-                DOc = DO + c0 * HD
-                LSEc = LSE + c0 * H
-                DELTAc = DELTA + c0 * H
-                for h in range(H):   # J as queries, I as keys: entry (j, i) = pair j → i
+                for h in tl.range(H, loop_unroll_factor=1, disable_licm=True):   # J queries, I keys: (j, i) = pair j → i
                     ro = J.in_loop(i * HD + h * D)
                     co = J.in_loop(j * HD + h * D)
                     mo = J.in_loop(i * H + h)
-                    lse_j = tl.load(LSEr + mo, mask=rok, other=0.0)
+                    # row (r0) and column (c0) bases recomputed in the loop: scalars, cheaper than live registers
+                    lse_j = tl.load(LSE + r0 * H + mo, mask=rok, other=0.0)
                     lse_j = tl.where(lse_j == float("-inf"), 0.0, lse_j)   # such rows have no allowed pair
-                    delta_j = tl.load(DELTAr + mo, mask=rok, other=0.0)
-                    s = J.scores(Qr, Kc, ro, co, rok, cok, D, DP, SMALL, DD, CD, PREC) * scale
+                    delta_j = tl.load(DELTA + r0 * H + mo, mask=rok, other=0.0)
+                    s = J.scores(Q + r0 * HD, K + c0 * HD, ro, co, rok, cok, D, DP, SMALL, DD, CD, HPREC) * scale
                     p = tl.where(allowed, tl.exp(s - lse_j), 0.0)
-                    da = J.scores(DOr, Vc, ro, co, rok, cok, D, DP, SMALL, DD, CD, PREC)
+                    da = J.scores(DO + r0 * HD, V + c0 * HD, ro, co, rok, cok, D, DP, SMALL, DD, CD, HPREC)
                     dg += p * da
                     ds = p * (g * da - delta_j)
-                    J.accumulate(DQr, DQr, ro, rok, later, one, one, ds * scale, Kc, co, cok, D, DP, SMALL, DD, CD,
-                                 PREC)
-                for h in range(H):   # I as queries, J as keys, kept in [J, I] orientation: (j, i) = pair i → j
+                    J.accumulate(DQ + r0 * HD, DQ + r0 * HD, ro, rok, later, one, one, ds * scale, K + c0 * HD, co,
+                                 cok, D, DP, SMALL, DD, CD, HPREC)
+                for h in tl.range(H, loop_unroll_factor=1, disable_licm=True):   # I queries, J keys, in [J, I]: i → j
                     ro = J.in_loop(i * HD + h * D)
                     co = J.in_loop(j * HD + h * D)
                     mo = J.in_loop(j * H + h)
-                    lse_i = tl.load(LSEc + mo, mask=cok, other=0.0)
+                    lse_i = tl.load(LSE + c0 * H + mo, mask=cok, other=0.0)
                     lse_i = tl.where(lse_i == float("-inf"), 0.0, lse_i)
-                    delta_i = tl.load(DELTAc + mo, mask=cok, other=0.0)
-                    s = J.scores(Kr, Qc, ro, co, rok, cok, D, DP, SMALL, DD, CD, PREC) * scale
+                    delta_i = tl.load(DELTA + c0 * H + mo, mask=cok, other=0.0)
+                    s = J.scores(K + r0 * HD, Q + c0 * HD, ro, co, rok, cok, D, DP, SMALL, DD, CD, HPREC) * scale
                     p = tl.where(allowed, tl.exp(s - lse_i), 0.0)
-                    da = J.scores(Vr, DOc, ro, co, rok, cok, D, DP, SMALL, DD, CD, PREC)
+                    da = J.scores(V + r0 * HD, DO + c0 * HD, ro, co, rok, cok, D, DP, SMALL, DD, CD, HPREC)
                     dg += p * da
-                    J.accumulate(DKr, DKr, ro, rok, later, one, one, p * (g * da - delta_i) * scale, Qc, co, cok, D,
-                                 DP, SMALL, DD, CD, PREC)
-                    J.accumulate(DVr, DVr, ro, rok, later, one, one, p * g, DOc, co, cok, D, DP, SMALL, DD, CD, PREC)
+                    J.accumulate(DK + r0 * HD, DK + r0 * HD, ro, rok, later, one, one, p * (g * da - delta_i) * scale,
+                                 Q + c0 * HD, co, cok, D, DP, SMALL, DD, CD, HPREC)
+                    J.accumulate(DV + r0 * HD, DV + r0 * HD, ro, rok, later, one, one, p * g, DO + c0 * HD, co, cok, D,
+                                 DP, SMALL, DD, CD, HPREC)
                 # ∂L/∂ψ of the unordered pair is 2ψ(dg_ji + dg_ij): seed ψ·dg for the weights (seen twice)
                 tl.store(SD + pairs, psi * dg)
                 tl.debug_barrier()
@@ -200,7 +183,7 @@ def _prepare(q, psi, seg, valid, max_atoms, precision):
                          "backend='cuda' or 'reference'")
     valid_t = valid if valid is not None else seg
     const = dict(HAS_VALID=valid is not None, BM=geo.block, BN=geo.block, RG=geo.group_rows, DP=dp, SMALL=small, HP=hp, NH=nh,
-                 CP=geo.chunk, UB=geo.units, CD=num.CD, DD=num.DD, PREC=num.PREC,
+                 CP=geo.chunk, UB=geo.units, CD=num.CD, DD=num.DD, PREC=num.PREC, HPREC=num.HPREC,
                  **L.compile_options(geo.block))
     return num, prm, nh, hp, geo, valid_t, const
 

@@ -33,14 +33,14 @@ def _encoding_fwd_kernel(POS, VALID, SEG, PRM, SCR, S, R, MAXA, T, n_tiles, HAS_
     YS = scr + NP
     SLABS = scr + 2 * NP
     pairs = J.tile_offsets(BM, BN)
-    for tile in range(pid, n_tiles, tl.num_programs(0)):
+    for tile in tl.range(pid, n_tiles, tl.num_programs(0), loop_unroll_factor=1, disable_licm=True):
         s0, s1, r0, poison = J.tile_rows(SEG, tile, R, T, MAXA, BM)
         if r0 < s1:
             rows = r0 + tl.arange(0, BM)
             rin = rows < s1
             rok = J.row_ok(VALID, rows, rin, HAS_VALID)
             acc = tl.zeros([BM], dtype=CD)
-            for c0 in range(s0, s1, BN):
+            for c0 in tl.range(s0, s1, BN, loop_unroll_factor=1, disable_licm=True):
                 cols = c0 + tl.arange(0, BN)
                 cok = J.row_ok(VALID, cols, cols < s1, HAS_VALID)
                 J.tile_rinv(XS, POS, VALID, r0, c0, s1, BM, BN, RG, HAS_VALID, CD)
@@ -66,14 +66,14 @@ def _encoding_bwd_kernel(DS, POS, VALID, SEG, PRM, SCR, GRD, DPOS, R, MAXA, T, n
     SLABS = scr + 3 * NP
     grd = GRD + pid.to(tl.int64) * NPRM
     pairs = J.tile_offsets(BM, BN)
-    for tile in range(pid, n_tiles, tl.num_programs(0)):
+    for tile in tl.range(pid, n_tiles, tl.num_programs(0), loop_unroll_factor=1, disable_licm=True):
         s0, s1, r0, poison = J.tile_rows(SEG, tile, R, T, MAXA, BM)
         if r0 < s1:
             rows = r0 + tl.arange(0, BM)
             rin = rows < s1
             rok = J.row_ok(VALID, rows, rin, HAS_VALID)
             ds_j = tl.load(DS + rows, mask=rok, other=0.0).to(CD)
-            for c0 in range(s0, s1, BN):
+            for c0 in tl.range(s0, s1, BN, loop_unroll_factor=1, disable_licm=True):
                 cols = c0 + tl.arange(0, BN)
                 cok = J.row_ok(VALID, cols, cols < s1, HAS_VALID)
                 ds_i = tl.load(DS + cols, mask=cok, other=0.0).to(CD)

@@ -83,7 +83,7 @@ def tile_rinv(XS, POS, VALID, r0, c0, s1, BM: tl.constexpr, BN: tl.constexpr, RG
     """XS[p] = rinv of the tile's pairs (0 where excluded), computed in groups of RG rows (one pair per
     thread) so the float64 geometry never occupies many registers."""
     cols = c0 + tl.arange(0, BN)
-    for g in range(0, BM, RG):
+    for g in tl.range(0, BM, RG, loop_unroll_factor=1, disable_licm=True):
         rows = r0 + g + tl.arange(0, RG)
         allowed, dx, dy, dz, r, rinv = _group_geometry(POS, VALID, rows, cols, s1, HAS_VALID)
         tl.store(XS + (g + tl.arange(0, RG))[:, None] * BN + tl.arange(0, BN)[None, :], rinv.to(CD))
@@ -97,7 +97,7 @@ def add_position_grad(DPOS, DXS, POS, VALID, r0, c0, s1, BM: tl.constexpr, BN: t
     ∂L/∂rinv of a symmetric seed (the factor 2 adds the pair's other orientation). The program owns rows
     r0..r0+BM of DPOS (float64)."""
     cols = c0 + tl.arange(0, BN)
-    for g in range(0, BM, RG):
+    for g in tl.range(0, BM, RG, loop_unroll_factor=1, disable_licm=True):
         rows = r0 + g + tl.arange(0, RG)
         allowed, dx, dy, dz, r, rinv = _group_geometry(POS, VALID, rows, cols, s1, HAS_VALID)
         drinv = tl.load(DXS + (g + tl.arange(0, RG))[:, None] * BN + tl.arange(0, BN)[None, :])
@@ -165,9 +165,9 @@ def _layer_fwd(SRC, DST, PRM, layer, ACT: tl.constexpr, NH: tl.constexpr, HP: tl
     u = tl.arange(0, UB)
     W = PRM + 2 * HP + layer * HP * HP
     bias = PRM + 2 * HP + NH * HP * HP + layer * HP
-    for ob in range(0, HP, UB):
+    for ob in tl.range(0, HP, UB, loop_unroll_factor=1, disable_licm=True):
         acc = tl.zeros([CP, UB], dtype=CD)
-        for ib in range(0, HP, UB):
+        for ib in tl.range(0, HP, UB, loop_unroll_factor=1, disable_licm=True):
             a = act(tl.load(_slab(SRC, p, ib, HP, UB)), ACT)
             w = tl.load(W + (ib + u)[:, None] * HP + (ob + u)[None, :])
             acc += tl.dot(a.to(DD), w.to(DD), input_precision=PREC, out_dtype=CD)
@@ -184,11 +184,11 @@ def mlp_chunk_fwd(x_ptr, PRM, SLABS, ACT: tl.constexpr, NH: tl.constexpr, HP: tl
     p = tl.arange(0, CP)
     u = tl.arange(0, UB)
     x = tl.load(x_ptr + p)
-    for ob in range(0, HP, UB):
+    for ob in tl.range(0, HP, UB, loop_unroll_factor=1, disable_licm=True):
         z0 = x[:, None] * tl.load(PRM + ob + u)[None, :] + tl.load(PRM + HP + ob + u)[None, :]
         tl.store(_slab(SLABS, p, ob, HP, UB), z0)
     tl.debug_barrier()
-    for layer in range(NH):   # a runtime loop: one copy of the layer's code, whatever the depth
+    for layer in tl.range(NH, loop_unroll_factor=1, disable_licm=True):   # a runtime loop: one copy of the layer's code, whatever the depth
         if KEEP:
             src = SLABS + layer * CP * HP
             dst = src + CP * HP
@@ -199,7 +199,7 @@ def mlp_chunk_fwd(x_ptr, PRM, SLABS, ACT: tl.constexpr, NH: tl.constexpr, HP: tl
     last = SLABS + ((NH if KEEP else NH % 2) * CP * HP)
     off_l = 2 * HP + NH * HP * HP + NH * HP
     zl = tl.zeros([CP], dtype=CD) + tl.load(PRM + off_l + HP)
-    for ob in range(0, HP, UB):
+    for ob in tl.range(0, HP, UB, loop_unroll_factor=1, disable_licm=True):
         zl += tl.sum(act(tl.load(_slab(last, p, ob, HP, UB)), ACT) * tl.load(PRM + off_l + ob + u)[None, :], axis=1)
     return zl
 
@@ -210,7 +210,7 @@ def mlp_map(XS, YS, PRM, SLABS, NP: tl.constexpr, ACT: tl.constexpr, OUT_ACT: tl
             PREC: tl.constexpr):
     """YS[p] = out_act(MLP(XS[p])) for the NP pairs of the scratch vectors XS, YS, in chunks of CP pairs
     (SLABS: two [CP, HP] slabs)."""
-    for c in range(0, NP, CP):
+    for c in tl.range(0, NP, CP, loop_unroll_factor=1, disable_licm=True):
         p = c + tl.arange(0, CP)
         if NH < 0:   # a single Linear(1→1)
             zl = tl.load(XS + p) * tl.load(PRM) + tl.load(PRM + HP)
@@ -236,10 +236,10 @@ def _layer_bwd(ZIN, G, GNEXT, PRM, GRD, layer, ACT: tl.constexpr, NH: tl.constex
     W = PRM + 2 * HP + layer * HP * HP
     gw = 2 * HP + layer * HP * HP
     gb = 2 * HP + NH * HP * HP + layer * HP
-    for ib in range(0, HP, UB):
+    for ib in tl.range(0, HP, UB, loop_unroll_factor=1, disable_licm=True):
         a_t = act(tl.load(ZIN + p[None, :] * HP + (ib + u)[:, None]), ACT)                  # [UB, CP]
         dzin = tl.zeros([CP, UB], dtype=CD)
-        for ob in range(0, HP, UB):
+        for ob in tl.range(0, HP, UB, loop_unroll_factor=1, disable_licm=True):
             g = tl.load(_slab(G, p, ob, HP, UB))                                              # [CP, UB]
             dw = tl.dot(a_t.to(DD), g.to(DD), input_precision=PREC, out_dtype=CD)            # [UB, UB]
             _add_grad(GRD, gw + (ib + u)[:, None] * HP + (ob + u)[None, :], dw)
@@ -247,7 +247,7 @@ def _layer_bwd(ZIN, G, GNEXT, PRM, GRD, layer, ACT: tl.constexpr, NH: tl.constex
             dzin += tl.dot(g.to(DD), w_t.to(DD), input_precision=PREC, out_dtype=CD)
         zin = tl.load(_slab(ZIN, p, ib, HP, UB))
         tl.store(_slab(GNEXT, p, ib, HP, UB), act_grad(zin, dzin, ACT))
-    for ob in range(0, HP, UB):
+    for ob in tl.range(0, HP, UB, loop_unroll_factor=1, disable_licm=True):
         _add_grad(GRD, gb + ob + u, tl.sum(tl.load(_slab(G, p, ob, HP, UB)), axis=0))
     tl.debug_barrier()
 
@@ -264,7 +264,7 @@ def mlp_backprop(XS, SEED, DXS, PRM, GRD, SLABS, NP: tl.constexpr, ACT: tl.const
     off_l = 2 * HP + NH * HP * HP + NH * HP
     G0 = SLABS + (NH + 1) * CP * HP
     G1 = G0 + CP * HP
-    for c in range(0, NP, CP):
+    for c in tl.range(0, NP, CP, loop_unroll_factor=1, disable_licm=True):
         p = c + q
         x = tl.load(XS + p)
         seed = tl.load(SEED + p)
@@ -281,21 +281,21 @@ def mlp_backprop(XS, SEED, DXS, PRM, GRD, SLABS, NP: tl.constexpr, ACT: tl.const
             # G = ∂L/∂z of the last hidden pre-activation
             _add_grad(GRD, off_l + HP, tl.sum(dzl.to(tl.float64), axis=0))
             last = SLABS + NH * CP * HP
-            for ob in range(0, HP, UB):
+            for ob in tl.range(0, HP, UB, loop_unroll_factor=1, disable_licm=True):
                 z = tl.load(_slab(last, q, ob, HP, UB))
                 _add_grad(GRD, off_l + ob + u, tl.sum(dzl.to(tl.float64)[:, None] * act(z, ACT).to(tl.float64),
                                                       axis=0))
                 tl.store(_slab(G0, q, ob, HP, UB),
                          act_grad(z, dzl[:, None] * tl.load(PRM + off_l + ob + u)[None, :], ACT))
             tl.debug_barrier()
-            for back in range(NH):    # a runtime loop, as in the forward
+            for back in tl.range(NH, loop_unroll_factor=1, disable_licm=True):    # a runtime loop, as in the forward
                 layer = NH - 1 - back
                 g_in = G0 + (back % 2) * CP * HP
                 g_out = G0 + ((back + 1) % 2) * CP * HP
                 _layer_bwd(SLABS + layer * CP * HP, g_in, g_out, PRM, GRD, layer, ACT, NH, HP, CP, UB, CD, DD, PREC)
             G = G0 if NH % 2 == 0 else G1    # ∂L/∂z0, z0 = x w0 + b0
             dx = tl.zeros([CP], dtype=CD)
-            for ib in range(0, HP, UB):
+            for ib in tl.range(0, HP, UB, loop_unroll_factor=1, disable_licm=True):
                 g = tl.load(_slab(G, q, ib, HP, UB))
                 _add_grad(GRD, ib + u, tl.sum(g * x[:, None], axis=0))
                 _add_grad(GRD, HP + ib + u, tl.sum(g, axis=0))
@@ -321,7 +321,7 @@ def scores(A, B, roff, coff, rmask, cmask, D, DP: tl.constexpr, SMALL: tl.conste
     else:   # K-blocks of 16 head units read straight from q / k: small dot operands
         acc = tl.zeros([roff.shape[0], coff.shape[1]], dtype=CD)
         dd = tl.arange(0, 16)
-        for d0 in tl.static_range(0, DP, 16):
+        for d0 in tl.range(0, DP, 16, loop_unroll_factor=1, disable_licm=True):   # one block live at a time
             m = (d0 + dd < D)[None, :]
             a = tl.load(A + roff + (d0 + dd)[None, :], mask=rmask & m, other=0.0)
             b = tl.load(B + tl.trans(coff) + (d0 + dd)[None, :], mask=tl.trans(cmask) & m, other=0.0)
@@ -345,7 +345,7 @@ def accumulate(SRC_OLD, DST, roff, rmask, old, alpha, post, w, B, coff, cmask, D
     else:   # blocks of 16 output units: [BM, 16] accumulators
         wd = w.to(DD)
         dd = tl.arange(0, 16)
-        for d0 in tl.static_range(0, DP, 16):
+        for d0 in tl.range(0, DP, 16, loop_unroll_factor=1, disable_licm=True):
             cm = (d0 + dd < D)[None, :]
             m = rmask & cm
             b = tl.load(B + tl.trans(coff) + (d0 + dd)[None, :], mask=tl.trans(cmask) & cm, other=0.0)

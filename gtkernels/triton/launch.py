@@ -47,12 +47,15 @@ _TL = {torch.float64: tl.float64, torch.float32: tl.float32, torch.float16: tl.f
 
 @dataclass(frozen=True)
 class Numerics:
-    """Triton dtypes and dot precision of one launch: CD the compute (accumulation) dtype, DD the dtype of
-    tl.dot operands (the inputs' own for float16/bfloat16: tensor cores), PREC tl.dot's input_precision."""
+    """Triton dtypes and dot precisions of one launch: CD the compute (accumulation) dtype, DD the dtype of
+    tl.dot operands (the inputs' own for float16/bfloat16: tensor cores), PREC tl.dot's input_precision in ψω/φ,
+    HPREC in the per-head products. ``precision="tf32"`` puts ψω/φ's hidden layers on TF32 tensor cores and
+    keeps the per-head products exact, as the cuda backend does."""
     cd: torch.dtype
     CD: object
     DD: object
     PREC: str
+    HPREC: str
 
 
 def numerics(dtype: torch.dtype, precision: str) -> Numerics:
@@ -61,8 +64,9 @@ def numerics(dtype: torch.dtype, precision: str) -> Numerics:
     if precision not in ("ieee", "tf32"):
         raise ValueError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
     cd = compute_dtype(dtype)
-    prec = "ieee" if dtype == torch.float64 else ("tf32" if dtype != torch.float32 else precision)
-    return Numerics(cd, _TL[cd], _TL[dtype], prec)
+    if dtype in (torch.float64, torch.float32):
+        return Numerics(cd, _TL[cd], _TL[dtype], "ieee" if dtype == torch.float64 else precision, "ieee")
+    return Numerics(cd, _TL[cd], _TL[dtype], "tf32", "tf32")   # (ignored by float16/bfloat16 dots)
 
 
 def hidden_pad(params: Sequence[Tensor]) -> int:
