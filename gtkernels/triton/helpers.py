@@ -1,15 +1,17 @@
-"""``@triton.jit`` helpers shared by the attention and encoding kernels: the program's tile walk, the pair
-geometry of a tile, and the ψω/φ MLP on pair chunks.
+"""``@triton.jit`` helpers shared by the attention and encoding kernels: the tile walk, the pair geometry of
+a tile, the ψω/φ MLP on pair chunks, and the per-head products.
 
-The MLP is the expensive part (O(HP²) per pair). It never runs on a whole BM×BN pair tile at once: the tile's
-inputs (rinv) go to a small per-program scratch buffer, and the MLP maps them in chunks of CP pairs sized to
-registers. A hidden h→h layer is a sum of K-blocked ``tl.dot`` over KB input units, whose operands are read
-back from the scratch, so no dot ever holds more than [CP, KB] × [KB, HP] values: no shared-memory blow-up and
-no spills, whatever the width (≤ 128) or depth. The backward recomputes a chunk's forward (its pre-activations
-kept in scratch, one [CP, HP] slab per layer), then back-propagates the chunk's seed through it.
+Register budget. The MLP is the expensive part (O(HP²) per pair) and it never runs on a whole BM×BN pair tile:
+the tile's inputs (rinv) go to a per-program scratch vector (computed RG rows at a time, one pair per thread),
+the MLP maps them in chunks of CP pairs, and every layer streams its [CP, HP] slab of pre-activations from
+scratch to scratch in [CP, UB] blocks (UB = 32) (K- and N-blocked ``tl.dot``). No tensor wider than [CP, UB] is live in
+the MLP and no dot operand exceeds [CP, UB] × [UB, UB], whatever the width (≤ 128) or depth. The backward
+recomputes a chunk's forward (one slab per layer kept) and back-propagates the chunk's seed block by block.
+Loops are ``tl.range(..., loop_unroll_factor=1, disable_licm=True)``: unrolled or hoisted loop bodies kept
+hundreds of loop-invariant address tensors live, which is what made earlier versions spill.
 
 Scratch is global memory owned by one program (L1/L2 resident); ``tl.debug_barrier()`` (a CTA barrier) orders
-a program's stores before other threads of the same program read them.
+a program's stores before other threads of the program read them.
 
 MLP packing (ψω, φ): ``[w0 (HP) | b0 (HP) | Wt (NH × HP × HP, [in][out]) | bh (NH × HP) | wl (HP) | bl (1)]``,
 every width zero-padded to HP (padded units stay exactly 0: act(0) = 0); NH = −1 for a single Linear(1→1)
@@ -20,13 +22,12 @@ import os
 import triton
 import triton.language as tl
 
-# activation ids (gtkernels.triton.launch.ACT_*)
+# activation ids (constexprs of mlp_map / mlp_backprop)
 RELU = tl.constexpr(0)
 GELU = tl.constexpr(1)
 NONE = tl.constexpr(2)
 #: Compiled for a GPU, not run by the interpreter (which has no inline assembly): see :func:`in_loop`.
 COMPILED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
-
 
 
 # ------------------------------------------------------------------------------------------------- tile walk

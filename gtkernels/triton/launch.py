@@ -24,7 +24,7 @@ MAX_HEAD_DIM = 128
 #: Head dims up to this are computed as broadcast sums instead of tl.dot (whose K must be ≥ 16).
 SMALL_HEAD_DIM = 4
 #: MLP units per block: a chunk goes through each layer in [CP, UB] blocks.
-UNIT_BLOCK = 16
+UNIT_BLOCK = 32
 #: Pair-chunk budget of the MLP, in [CP, HP] elements of the compute dtype per chunk (registers).
 CHUNK_ELEMS = {torch.float32: 2048, torch.float64: 1024}
 #: Under the interpreter, which runs every block op in numpy, bigger chunks and K-blocks (fewer, larger ops;
