@@ -73,4 +73,14 @@ def test_the_gate_fails_over_a_limit():
     assert "shared memory" in tool.problems(dict(ok, shared=tool.SMEM_LIMIT[80] + 1), 80)[0]
     assert "compile error" in tool.problems({"ok": False, "error": "boom"}, 90)[0]
     report = tool.report([(ax, 90, ok, [], ["c"])], "info", [], [])
-    assert "| attn fwd | float32 | ieee | yes | 32 | 2 | 64 | 2 | 32 | sm_90 | 6,144 | 200 | 0 / 0 |" in report
+    assert "| attn fwd | float32 | ieee | yes | 32 | 2 | 64 | 2 | 32 | sm_90 | 0 | 6,144 | 200 | 0 / 0 |" in report
+
+
+def test_ladder_starts_with_the_default_and_changes_no_scratch():
+    import gtkernels.triton.launch as L
+    const = {"BM": 32, "BN": 32, "UB": 32, "CP": 32, "num_warps": 8, "RG": 8}
+    rungs = L.ladder(const)
+    assert rungs[0] == {} and len(rungs) == 4
+    assert all(set(r) <= {"UB", "num_warps", "RG"} for r in rungs)          # CP (the scratch size) never changes
+    assert all(r["RG"] == r["num_warps"] * 32 // const["BN"] for r in rungs if "num_warps" in r)   # a pair per thread
+    assert L.ladder({"BM": 16, "BN": 16, "UB": 16, "num_warps": 4}) == [{}, {"num_warps": 8, "RG": 16}]

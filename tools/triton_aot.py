@@ -368,22 +368,43 @@ def main():
     os.makedirs(cache_dir, exist_ok=True)
     jobs = [(k, cc) for k in uniq for cc in archs]
 
+    import gtkernels.triton.launch as L
+
+    def compile_job(record, cc, tag):
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+            json.dump({"record": record, "cc": cc}, fh)
+        try:
+            p = _python(["--_compile", fh.name], timeout=args.timeout)
+            return (json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 and p.stdout.strip()
+                    else {"ok": False, "error": f"compile process failed (rc {p.returncode}): {p.stderr[-2000:]}"})
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "error": f"compile took more than {args.timeout} s"}
+        finally:
+            os.unlink(fh.name)
+
     def work(job):
+        """The launcher's ladder (gtkernels.triton.launch.ladder), walked as at a first launch on a GPU: the
+        first spill-free rung is what runs."""
         key, cc = job
         path = os.path.join(cache_dir, f"{key}-{cc}.json")
         if os.path.exists(path):
             with open(path) as fh:
                 return job, json.load(fh), True
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-            json.dump({"record": uniq[key], "cc": cc}, fh)
-        try:
-            p = _python(["--_compile", fh.name], timeout=args.timeout)
-            res = (json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 and p.stdout.strip()
-                   else {"ok": False, "error": f"compile process failed (rc {p.returncode}): {p.stderr[-2000:]}"})
-        except subprocess.TimeoutExpired:
-            res = {"ok": False, "error": f"compile took more than {args.timeout} s"}
-        finally:
-            os.unlink(fh.name)
+        rec = uniq[key]
+        const = {a["name"]: a.get("v") for a in rec["args"]}
+        const.update(rec["options"])
+        tried = []
+        for n, rung in enumerate(L.ladder(const)):
+            variant = json.loads(json.dumps(rec))
+            for a in variant["args"]:
+                if a["name"] in rung:
+                    a["v"] = rung[a["name"]]
+            variant["options"].update({k: v for k, v in rung.items() if k in variant["options"]})
+            res = compile_job(variant, cc, n)
+            tried.append(res.get("spill_stores"))
+            if res.get("ok") and not res.get("spill_stores") and not res.get("spill_loads") and not res.get("local"):
+                break
+        res.update(rung=n, rung_config=rung, tried_spills=tried)
         with open(path, "w") as out:
             json.dump(res, out)
         return job, res, False
@@ -439,18 +460,22 @@ def report(rows, info, host_errors, failures):
     lines = ["# Triton kernels compiled ahead of time", "", info, "",
              "Limits: shared memory per CTA " + ", ".join(f"{ARCH_NAME[c]} {SMEM_LIMIT[c]:,} B" for c in SMEM_LIMIT)
              + "; spills and local memory 0.", "",
-             "| kernel | dtype | prec | mask | BM | DP | HP | NH | CP | arch | smem B | regs | spill st/ld B | "
+             "rung: the launch configuration of gtkernels.triton.launch.ladder that runs (0 the default; 1 unit blocks "
+             "of 16; 2 the other warp count; 3 both), the first spill-free one, as chosen at a first launch on a GPU.",
+             "",
+             "| kernel | dtype | prec | mask | BM | DP | HP | NH | CP | arch | rung | smem B | regs | spill st/ld B | "
              "mma | compile s | status |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| --- |"]
     for ax, cc, res, problems, _ in rows:
         status = "ok" if not problems else "**" + "; ".join(problems) + "**"
         lines.append(f"| {ax['kernel']} | {ax['dtype']} | {ax['prec']} | {'yes' if ax['valid'] else 'no'} | "
-                     f"{ax['BM']} | {ax['DP']} | {ax['HP']} | {ax['NH']} | {ax['CP']} | sm_{cc} | "
+                     f"{ax['BM']} | {ax['DP']} | {ax['HP']} | {ax['NH']} | {ax['CP']} | sm_{cc} | {res.get('rung', 0)} | "
                      f"{res.get('shared', '-'):,} | {res.get('regs', '-')} | "
                      f"{res.get('spill_stores', '-')} / {res.get('spill_loads', '-')} | {res.get('mma', '-')} | "
                      f"{res.get('compile_s', '-')} | {status} |" if res.get("ok") else
                      f"| {ax['kernel']} | {ax['dtype']} | {ax['prec']} | {'yes' if ax['valid'] else 'no'} | "
-                     f"{ax['BM']} | {ax['DP']} | {ax['HP']} | {ax['NH']} | {ax['CP']} | sm_{cc} | - | - | - | - | "
+                     f"{ax['BM']} | {ax['DP']} | {ax['HP']} | {ax['NH']} | {ax['CP']} | sm_{cc} | - | - | - | - | - | "
                      f"{res.get('compile_s', '-')} | {status} |")
     ok = [r for r in rows if r[2].get("ok")]
     if ok:
@@ -462,7 +487,11 @@ def report(rows, info, host_errors, failures):
                   f"once per specialisation (Triton caches it on disk)."]
     for e in host_errors:
         lines.append(f"\nHost error in {e['config']}: {e['error']}")
-    lines.append(f"\n{len(rows) - len(failures)} of {len(rows)} compiles within the limits.")
+    rungs = {}
+    for r in rows:
+        rungs[r[2].get("rung", 0)] = rungs.get(r[2].get("rung", 0), 0) + 1
+    lines.append(f"\n{len(rows) - len(failures)} of {len(rows)} specialisations within the limits; rungs used: "
+                 + ", ".join(f"{k}: {v}" for k, v in sorted(rungs.items())) + ".")
     return "\n".join(lines) + "\n"
 
 

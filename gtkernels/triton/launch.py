@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -267,7 +268,64 @@ def device_guard(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
+def ladder(const: dict) -> List[dict]:
+    """Launch configurations tried in this order at the first launch of a specialisation: the default, then
+    unit blocks of 16, then the other warp count, then both. They change no scratch size and results only by
+    rounding (the MLP's blocked sums split differently; a given specialisation on a given GPU always takes the
+    same rung, so runs stay deterministic). The first that ptxas compiles without spilling is used (ptxas sits
+    at the 255-register edge for the heaviest kernels, where a few bytes of spill come and go with small code
+    changes); tools/triton_aot.py walks the same ladder offline for every specialisation the package launches
+    and fails if no rung is spill-free."""
+    rungs = [{}]
+    if const["UB"] > 16:
+        rungs.append({"UB": 16})
+    other = 4 if const["num_warps"] == 8 else 8
+    flip = {"num_warps": other, "RG": max(1, other * 32 // const["BN"])}
+    rungs.append(flip)
+    if const["UB"] > 16:
+        rungs.append({"UB": 16, **flip})
+    return rungs
+
+
+_CHOSEN: dict = {}
+
+
+def _describe(value) -> str:
+    """What Triton's runtime specialises a launch on, for one argument."""
+    if isinstance(value, Tensor):
+        return f"*{value.dtype}:{value.data_ptr() % 16 == 0}"
+    if isinstance(value, bool):
+        return f"b:{value}"
+    if isinstance(value, int):
+        return f"i:{value == 1}:{value % 16 == 0}:{-2 ** 31 <= value < 2 ** 31}"
+    if isinstance(value, float):
+        return "f"
+    return repr(value)
+
+
+def _spill_free(kernel, grid, args, kwargs) -> dict:
+    """The first rung of :func:`ladder` that compiles without spills for this specialisation (compiled once,
+    then cached by Triton; the choice is kept per specialisation)."""
+    key = (kernel.fn.__name__, tuple(_describe(a) for a in args),
+           tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+    if key not in _CHOSEN:
+        _CHOSEN[key] = {}
+        for rung in ladder(kwargs):
+            compiled = kernel.warmup(*args, grid=grid, **{**kwargs, **rung})
+            compiled._init_handles()
+            if not getattr(compiled, "n_spills", 0):
+                _CHOSEN[key] = rung
+                break
+        else:
+            warnings.warn(f"gtkernels: every launch configuration of {kernel.fn.__name__} spills registers for this "
+                          f"specialisation ({kwargs}); running the default (correct, slower)")
+    return _CHOSEN[key]
+
+
 def launch(kernel, grid, device: torch.device, *args, **kwargs) -> None:
-    """Every Triton launch of the package goes through here: inside the device guard."""
+    """Every Triton launch of the package goes through here: inside the device guard, and on a GPU with the
+    first spill-free configuration of :func:`ladder`."""
     with device_guard(device):
+        if device.type == "cuda":
+            kwargs = {**kwargs, **_spill_free(kernel, grid, args, kwargs)}
         kernel[grid](*args, **kwargs)
