@@ -158,3 +158,38 @@ def test_molecule_longer_than_max_atoms_is_nan_not_partial(monkeypatch):
     assert torch.isnan(dpos[:32]).all() and torch.isnan(dq[:32]).all() and torch.isfinite(dpos[40:]).all()
     s = T.encoding_fwd(pos, psi, seg, None, 32, "ieee")
     assert torch.isnan(s[:32]).all() and torch.isfinite(s[40:]).all()
+
+
+def test_gpu_launch_takes_the_first_spill_free_rung(monkeypatch):
+    """On a GPU, launch() compiles the ladder's rungs in order until ptxas reports no spill, launches with that
+    one, and remembers the choice for the specialisation (CPU check with a stand-in kernel)."""
+    compiled, launched = [], []
+
+    class Compiled:
+        def __init__(self, spills):
+            self.n_spills = spills
+
+        def _init_handles(self):
+            pass
+
+    class FakeKernel:
+        class fn:
+            __name__ = "fake_kernel"
+
+        def warmup(self, *args, grid, **kwargs):
+            compiled.append(dict(kwargs))
+            return Compiled(8 if kwargs["UB"] == 32 else 0)    # the default spills, unit blocks of 16 do not
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launched.append(dict(kwargs))
+
+    monkeypatch.setattr(L, "device_guard", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(L, "_CHOSEN", {})
+    const = dict(BM=32, BN=32, UB=32, RG=8, num_warps=8, num_stages=1, maxnreg=255)
+    args = (torch.zeros(4), 7)
+    L.launch(FakeKernel(), (3,), torch.device("cuda"), *args, **const)
+    assert [c["UB"] for c in compiled] == [32, 16] and launched[-1]["UB"] == 16
+    L.launch(FakeKernel(), (3,), torch.device("cuda"), *args, **const)
+    assert len(compiled) == 2 and launched[-1]["UB"] == 16          # the choice is kept
+    L.launch(FakeKernel(), (3,), torch.device("cpu"), *args, **const)
+    assert len(compiled) == 2 and launched[-1]["UB"] == 32          # no ladder on CPU (the interpreter)
