@@ -368,6 +368,7 @@ def main():
     os.makedirs(cache_dir, exist_ok=True)
     jobs = [(k, cc) for k in uniq for cc in archs]
 
+    sys.path.insert(0, ROOT)           # the checkout's gtkernels (also where it is not installed)
     import gtkernels.triton.launch as L
 
     def compile_job(record, cc, tag):
@@ -423,7 +424,13 @@ def main():
             rows.append((ax, cc, res, found, rec["configs"]))
             if found:
                 failures.append((ax, cc, found))
-    info = (f"triton {triton.__version__}, ptxas {_ptxas_version(archs)}; kernel sources {src}; "
+    import platform
+    import datetime
+    import torch
+    command = "python tools/triton_aot.py " + " ".join(a for a in sys.argv[1:])
+    info = (f"Command: `{command.strip()}` ({datetime.date.today().isoformat()}, {platform.node() or 'host'}: "
+            f"{os.cpu_count()} CPU cores, no GPU needed; torch {torch.__version__}). "
+            f"triton {triton.__version__}, ptxas {_ptxas_version(archs)}; kernel sources {src}; "
             f"{len(captured['records'])} launches captured from {len(names)} calls in {t_capture:.0f} s; "
             f"{len(uniq)} specialisations x {len(archs)} archs = {len(jobs)} compiles ({cached} cached); "
             f"total {time.time() - t_start:.0f} s with {args.jobs} jobs")
