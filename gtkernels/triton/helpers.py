@@ -319,6 +319,16 @@ def scores(A, B, roff, coff, rmask, cmask, D, DP: tl.constexpr, SMALL: tl.conste
             b = tl.load(B + coff + d, mask=cmask & (coff * 0 + d < D), other=0.0).to(CD)
             acc += a * b
         return acc
+    elif DD == tl.float64:   # float64: blocks of 4 head units, Σ_d a_id·b_jd as a broadcast sum (no fp64 MMA:
+        # triton 3.6 cannot lower fp64 tl.dot of these shapes, and float64 is the exactness dtype, not a fast one)
+        acc = tl.zeros([roff.shape[0], coff.shape[1]], dtype=CD)
+        d4 = tl.arange(0, 4)[None, None, :]
+        for d0 in tl.range(0, DP, 4, loop_unroll_factor=1, disable_licm=True):
+            m = d0 + d4 < D
+            a = tl.load(A + roff[:, :, None] + d0 + d4, mask=rmask[:, :, None] & m, other=0.0)   # [BM, 1, 4]
+            b = tl.load(B + coff[:, :, None] + d0 + d4, mask=cmask[:, :, None] & m, other=0.0)   # [1, BN, 4]
+            acc += tl.sum(a * b, axis=2)
+        return acc
     else:   # K-blocks of 16 head units read straight from q / k: small dot operands
         acc = tl.zeros([roff.shape[0], coff.shape[1]], dtype=CD)
         dd = tl.arange(0, 16)
@@ -343,6 +353,16 @@ def accumulate(SRC_OLD, DST, roff, rmask, old, alpha, post, w, B, coff, cmask, D
             acc = tl.load(SRC_OLD + roff + d, mask=m & old, other=0.0).to(CD) * alpha
             acc += tl.sum(w * b, axis=1, keep_dims=True)
             tl.store(DST + roff + d, (acc * post).to(DST.dtype.element_ty), mask=m)
+    elif DD == tl.float64:   # float64: blocks of 4 output units, Σ_j w_ij·b_jd as a broadcast sum (see scores)
+        d4 = tl.arange(0, 4)
+        for d0 in tl.range(0, DP, 4, loop_unroll_factor=1, disable_licm=True):
+            cm = (d0 + d4 < D)[None, :]
+            m = rmask & cm
+            b = tl.load(B + coff[:, :, None] + d0 + d4[None, None, :], mask=cmask[:, :, None] & cm[:, None, :],
+                        other=0.0)                                                            # [1, BN, 4]
+            acc = tl.load(SRC_OLD + roff + (d0 + d4)[None, :], mask=m & old, other=0.0).to(CD)
+            acc = acc * alpha + tl.sum(w[:, :, None] * b, axis=1)
+            tl.store(DST + roff + (d0 + d4)[None, :], (acc * post).to(DST.dtype.element_ty), mask=m)
     else:   # blocks of 16 output units: [BM, 16] accumulators
         wd = w.to(DD)
         dd = tl.arange(0, 16)

@@ -27,7 +27,7 @@ SMALL_HEAD_DIM = 4
 #: MLP units per block: a chunk goes through each layer in [CP, UB] blocks.
 UNIT_BLOCK = 32
 #: Pair-chunk budget of the MLP, in [CP, HP] elements of the compute dtype per chunk (registers).
-CHUNK_ELEMS = {torch.float32: 2048, torch.float64: 1024}
+CHUNK_ELEMS = {torch.float32: 2048, torch.float64: 512}
 #: Under the interpreter, which runs every block op in numpy, bigger chunks and K-blocks (fewer, larger ops;
 #: the same kernel code with other constexprs — the AOT gate compiles the GPU ones).
 INTERPRETER_CHUNK_SCALE, INTERPRETER_UNIT_BLOCK = 8, 64
@@ -131,9 +131,11 @@ def unpack_grads(flat: Tensor, params: Sequence[Tensor]) -> List[Tensor]:
 
 
 # ------------------------------------------------------------------------------------------- launch geometry
-def block_size(max_atoms: int) -> int:
-    """Rows per tile (queries and keys): 16 up to 16 atoms, else 32 (a QM9 molecule, ≤ 29 atoms, is one tile)."""
-    return 16 if max_atoms <= 16 else 32
+def block_size(max_atoms: int, cd: torch.dtype = torch.float32) -> int:
+    """Rows per tile (queries and keys): 16 up to 16 atoms, else 32 (a QM9 molecule, ≤ 29 atoms, is one tile).
+    float64 always takes 16 (the exactness dtype: twice the registers per value, and the 32-row backward
+    spills)."""
+    return 16 if max_atoms <= 16 or cd == torch.float64 else 32
 
 
 #: Whether launches under the interpreter take its faster geometry (False: the GPU's, e.g. to record the GPU
@@ -208,7 +210,7 @@ class Tiles:
 
 
 def tiles(seg: Tensor, max_atoms: int, hp: int, cd: torch.dtype) -> Tiles:
-    block = block_size(max_atoms)
+    block = block_size(max_atoms, cd)
     per = triton.cdiv(max_atoms, block)
     n = (seg.shape[0] - 1) * per
     return Tiles(block, per, n, persistent_programs(n, seg.device), chunk_pairs(hp, cd, block * block),
