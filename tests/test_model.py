@@ -136,52 +136,6 @@ def test_presets_and_errors():
     assert len(m.layers) == 1 and m.config["d_model"] == 64
 
 
-def _official_names(sd):
-    """Our state dict renamed as the official GeoTransformer would save it (the inverse mapping, written out)."""
-    out = {}
-    for k, v in sd.items():
-        if k in ("mean", "std"):
-            continue
-        parts = k.split(".")
-        if k == "embedding.weight":
-            n = "AtomEmb.weight"
-        elif k.startswith("encoding."):
-            n = "pos_encoder." + k[len("encoding."):]
-        elif k.startswith("layers."):
-            i, rest = parts[1], ".".join(parts[2:])
-            n = {"ff.0.w1.weight": f"Encoder.layers.{i}.feed_forward.0.weight",
-                 "ff.0.w2.weight": f"Encoder.layers.{i}.feed_forward.0.weight2",
-                 "ff.2.weight": f"Encoder.layers.{i}.feed_forward.2.weight",
-                 "norm1.weight": f"Encoder.layers.{i}.sublayer.0.norm.weight",
-                 "norm1.bias": f"Encoder.layers.{i}.sublayer.0.norm.bias",
-                 "norm2.weight": f"Encoder.layers.{i}.sublayer.1.norm.weight",
-                 "norm2.bias": f"Encoder.layers.{i}.sublayer.1.norm.bias"}.get(rest)
-            if n is None:
-                n = f"Encoder.layers.{i}.self_attn." + rest[len("attn."):]
-        elif k.startswith("norm."):
-            n = "Encoder." + k
-        elif k.startswith("head."):
-            n = "pred_net.0.out_net.0." + parts[1]
-        elif k == "atomref":
-            n, v = "atomref.weight", v[:, None]
-        out[n] = v
-    return out
-
-
-def test_official_checkpoint_loader(tmp_path):
-    from gtkernels.models.official import convert_official_state_dict, load_official
-    m, _ = _pair("reference")
-    official = _official_names(m.state_dict())
-    assert "Encoder.layers.1.self_attn.transform_dist.seq.6.bias" in official
-    torch.save({"model": official}, tmp_path / "official.pt")
-    loaded = load_official(str(tmp_path / "official.pt"), num_heads=4, mean=-5.0, std=2.0,
-                           backend="reference").double()
-    z, pos, mask = pad(qm9_molecules(3), torch.float64)
-    assert rel_err(loaded(z, pos, mask), m(z, pos, mask)) < 1e-12
-    with pytest.raises(KeyError, match="no counterpart"):
-        convert_official_state_dict({"something.else": torch.zeros(1)})
-
-
 @requires_ase
 def test_ase_calculator():
     from ase import Atoms

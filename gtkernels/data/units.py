@@ -54,6 +54,23 @@ ATOMREF_Z = (1, 6, 7, 8, 9)
 QM9_ELEMENTS = frozenset(ATOMREF_Z)
 
 
+#: schnetpack v1 (the data layer of the paper's official code, GitHub yoniLc/GeometricTransformerMolecule) stores
+#: QM9 in ASE units: it multiplies the raw values by ``ase.units`` Debye, Bohr³, Hartree (→ eV), Bohr², so μ is
+#: in e·Å, α in Å³, every energy (HOMO, LUMO, gap, ZPVE, U0, U, H, G) in eV, ⟨R²⟩ in Å², Cv in cal/mol·K; its
+#: atomref table holds eV (and cal/mol·K for Cv). ASE's constants (CODATA 2014, as ``ase.units``):
+ASE_DEBYE = 0.20819433442462576     # e·Å per debye
+ASE_BOHR = 0.5291772105638411       # Å per bohr
+#: ``target name → (schnetpack v1 unit, factor)``: a value in schnetpack v1's unit × factor = the value in ours.
+SCHNETPACK_V1 = {
+    "mu": ("e*Angstrom", 1.0 / ASE_DEBYE),
+    "alpha": ("Angstrom^3", 1.0 / ASE_BOHR**3),
+    "homo": ("eV", 1000.0), "lumo": ("eV", 1000.0), "gap": ("eV", 1000.0),
+    "r2": ("Angstrom^2", 1.0 / ASE_BOHR**2),
+    "zpve": ("eV", 1000.0), "U0": ("eV", 1000.0), "U": ("eV", 1000.0), "H": ("eV", 1000.0), "G": ("eV", 1000.0),
+    "Cv": ("cal/mol/K", 1.0),
+}
+
+
 def target(name: str) -> Target:
     if name not in BY_NAME:
         raise ValueError(f"unknown target {name!r}; choose one of {', '.join(TARGET_NAMES)}")

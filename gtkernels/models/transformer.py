@@ -11,6 +11,7 @@ from gtkernels_py.modules import EncoderBlock
 
 from ..data.batching import cu_seqlens_from_batch
 from ..nn import FusedGeometricAttention, GeometricEncoding
+from ..nn._checks import check_atoms
 from ..ops.geometry import prepare_geometry
 
 #: Model sizes. ``paper`` is the configuration of Choukroun & Wolf (the default); the others are for CPU.
@@ -36,14 +37,16 @@ class GeometricTransformer(gtkernels_py.GeometricTransformer):
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` or ``"cuda"`` for every attention and
             encoding layer.
         precision: ``"ieee"`` (default) or ``"tf32"``: the float32 matmuls of the GPU backends.
-        validate: check positions (finite, atoms ≥ 1e-3 Å apart) once per forward at model level
-            (layers run with ``validate=False``).
+        validate: check positions (finite, atoms ≥ 1e-3 Å apart) and atomic numbers (``0 <= z < max_z``) once
+            per forward at model level (layers run with ``validate=False``).
         mean, std, atomref: per-atom standardisation and frozen atom references (buffers), as in the paper.
         target: name of the trained target (informational; stored in ``extra_repr``).
 
     ``forward(z, pos, mask=None, *, cu_seqlens=None, max_seqlen=None, include_atomref=True)``: padded ``z [B, N]``
     (0 = padding) with ``pos [B, N, 3]`` Å, or packed ``z [T]``, ``pos [T, 3]``, int32 ``cu_seqlens [B+1]`` and
     the largest molecule's size ``max_seqlen`` (a host int; None reads it from cu_seqlens, one host sync).
+    ``z`` is any integer dtype (int64, int32, uint8 as :class:`gtkernels.data.Molecule`'s) with values in
+    ``0 .. max_z - 1`` (checked with ``validate``); wrong shapes or dtypes raise ``ValueError`` / ``TypeError``.
     Returns ``[B]``. The batch geometry (:func:`gtkernels.prepare_geometry`) is made once per forward and shared
     by every layer; with ``validate=False`` the forward and backward make no host synchronisation.
     ``include_atomref=False`` leaves out Σ atomref (the trainer adds it in float64 to keep precision).
@@ -74,6 +77,7 @@ class GeometricTransformer(gtkernels_py.GeometricTransformer):
     def forward(self, z: Tensor, pos: Tensor, mask: Optional[Tensor] = None, *,
                 cu_seqlens: Optional[Tensor] = None, max_seqlen: Optional[int] = None,
                 include_atomref: bool = True) -> Tensor:
+        z = check_atoms(z, pos, cu_seqlens, self.embedding.num_embeddings, self.validate)
         pos = self._positions(pos)
         if cu_seqlens is None and mask is None:
             mask = z > 0
@@ -98,6 +102,8 @@ class GeometricTransformer(gtkernels_py.GeometricTransformer):
                cu_seqlens: Optional[Tensor] = None, max_seqlen: Optional[int] = None) -> tuple:
         """``(energy [B], forces = −∂E/∂pos)`` (forces shaped and typed like ``pos``). Only for energy targets."""
         from ..data.units import BY_NAME
+        if not isinstance(pos, Tensor):
+            raise TypeError(f"pos must be a torch.Tensor, got {type(pos).__name__}")
         if self.target is not None and self.target in BY_NAME and not BY_NAME[self.target].energy:
             raise ValueError(f"forces are −∂E/∂pos of an energy; this model predicts {self.target!r}")
         with torch.enable_grad():

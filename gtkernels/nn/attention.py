@@ -9,7 +9,7 @@ from torch import Tensor
 import gtkernels_py
 from .._backends import check_backend_at_construction, check_precision, resolve_backend
 from ..ops import geometric_attention
-from ._checks import check_features
+from ._checks import check_features, check_weights_dtype
 
 
 class FusedGeometricAttention(gtkernels_py.GeometricAttention):
@@ -28,7 +28,7 @@ class FusedGeometricAttention(gtkernels_py.GeometricAttention):
     ``forward(x, pos, mask=None, *, cu_seqlens=None, max_seqlen=None)``: ``x [B, N, d_model]``, ``pos [B, N, 3]``,
     bool ``mask [B, N]`` (padded), or ``x [T, d_model]``, ``pos [T, 3]``, int32 ``cu_seqlens [B+1]`` (packed);
     ``pos`` may also be a :class:`~gtkernels.ops.geometry.BatchGeometry` shared by several layers. Returns x's
-    shape. Under ``torch.autocast`` the projections run in the autocast dtype; the fused op then runs in that
+    shape. ``x`` must have the weights' dtype (a ``TypeError`` says which otherwise), as for ``nn.Linear``. Under ``torch.autocast`` the projections run in the autocast dtype; the fused op then runs in that
     dtype where the backend supports it (triton, cuda: ψω cast down, tensor cores), else in ψω's dtype.
 
     State dict: ``linears.{0,1,2,3}.weight`` (Q, K, V, output) and ``transform_dist.seq.{0,2,4,6}.{weight,bias}``,
@@ -49,6 +49,7 @@ class FusedGeometricAttention(gtkernels_py.GeometricAttention):
     def forward(self, x: Tensor, pos, mask: Optional[Tensor] = None, *, cu_seqlens: Optional[Tensor] = None,
                 max_seqlen: Optional[int] = None) -> Tensor:
         check_features(x, self.d_model, pos, cu_seqlens)
+        check_weights_dtype(x, self.linears[0].weight, type(self).__name__)
         q, k, v = (lin(x).unflatten(-1, (self.num_heads, self.d_k)) for lin in self.linears[:3])
         out = self._attend(q, k, v, pos, mask, cu_seqlens, max_seqlen)
         return self.linears[3](out.flatten(-2))
