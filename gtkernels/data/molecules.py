@@ -45,37 +45,37 @@ def _check_xyz(path: str) -> List[int]:
         if not lines[i].strip():
             i += 1
             continue
-        where = f"{path}, molecule {len(starts) + 1}"
+        mol = f"(molecule {len(starts) + 1})"
         try:
             n = int(lines[i].split()[0])
             if n < 1 or len(lines[i].split()) != 1:
                 raise ValueError
         except ValueError:
-            raise MoleculeFileError(f"{where}, line {i + 1}: expected the number of atoms, got {lines[i]!r}") from None
+            raise MoleculeFileError(f"{path}, line {i + 1} {mol}: expected the number of atoms, got {lines[i]!r}") from None
         for k in range(n):
             ln = i + 2 + k
             if ln >= len(lines):
-                raise MoleculeFileError(f"{where}, line {ln + 1}: file ends after {k} of {n} atoms")
+                raise MoleculeFileError(f"{path}, line {ln + 1} {mol}: file ends after {k} of {n} atoms")
             parts = lines[ln].split()
             if len(parts) < 4:
-                raise MoleculeFileError(f"{where}, line {ln + 1}: expected 'symbol x y z', got {lines[ln]!r}")
+                raise MoleculeFileError(f"{path}, line {ln + 1} {mol}: expected 'symbol x y z', got {lines[ln]!r}")
             sym = parts[0]
             if sym.isdigit():
                 hint = f" (write {SYMBOLS[int(sym)]!r} for Z={int(sym)})" if int(sym) in SYMBOLS else ""
-                raise MoleculeFileError(f"{where}, line {ln + 1}: the element must be a symbol such as 'C', got the "
+                raise MoleculeFileError(f"{path}, line {ln + 1} {mol}: the element must be a symbol such as 'C', got the "
                                         f"number {sym!r}{hint}")
             if sym == "X":
-                raise MoleculeFileError(f"{where}, line {ln + 1}: 'X' is ASE's dummy atom, not an element; "
+                raise MoleculeFileError(f"{path}, line {ln + 1} {mol}: 'X' is ASE's dummy atom, not an element; "
                                         "write the element's symbol or delete the line (and lower the atom count)")
             if sym not in ATOMIC_NUMBERS:
-                raise MoleculeFileError(f"{where}, line {ln + 1}: unknown element {sym!r} (symbols are case-sensitive, "
+                raise MoleculeFileError(f"{path}, line {ln + 1} {mol}: unknown element {sym!r} (symbols are case-sensitive, "
                                         "e.g. 'Cl')")
             try:
                 xyz = [float(x) for x in parts[1:4]]
             except ValueError:
-                raise MoleculeFileError(f"{where}, line {ln + 1}: coordinates are not numbers: {lines[ln]!r}") from None
+                raise MoleculeFileError(f"{path}, line {ln + 1} {mol}: coordinates are not numbers: {lines[ln]!r}") from None
             if not all(np.isfinite(xyz)):
-                raise MoleculeFileError(f"{where}, line {ln + 1}: coordinates must be finite numbers (Å), got "
+                raise MoleculeFileError(f"{path}, line {ln + 1} {mol}: coordinates must be finite numbers (Å), got "
                                         f"{' '.join(parts[1:4])}")
         starts.append(i + 1)
         i += 2 + n
