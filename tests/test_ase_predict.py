@@ -169,3 +169,20 @@ def test_predict_progress_bar_and_bad_threads(tmp_path, capsys):
     assert len(lines) == 1 and "4 molecule(s)" in lines[0]
     with pytest.raises(ValueError, match="--threads must be >= 1, got 0"):
         predict(run, xyz, threads=0)
+
+
+def test_calculator_from_a_run_folder_uses_its_domain(tmp_path):
+    from ase import Atoms
+    from gtkernels.ase_calculator import GTCalculator
+    from gtkernels.data.molecules import OutOfDomainWarning
+    run = tiny_run(str(tmp_path / "run"))   # domain: the committed QM9 sample's (H, C, N, O, F; ≤ 29 atoms)
+    calc = GTCalculator(run)
+    assert calc.domain["elements"] == [1, 6, 7, 8, 9] and calc.domain["max_atoms"] == 29
+    atoms = _methanol(tiny_energy_model())
+    want = atoms.get_potential_energy()
+    atoms.calc = calc
+    assert atoms.get_potential_energy() == pytest.approx(want, rel=1e-12)
+    h2s = Atoms("SH2", positions=[[0, 0, 0], [1.34, 0, 0], [-0.3, 1.3, 0]])
+    h2s.calc = calc
+    with pytest.warns(OutOfDomainWarning, match="contain S"):
+        h2s.get_potential_energy()
