@@ -6,15 +6,14 @@ import csv
 import json
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 
 from .data.molecules import MoleculeFileError, read_xyz
 from .data.qm9 import QM9, load_split
-from .data.units import QM9_ELEMENTS, atomref
-from .data.elements import SYMBOLS
+from .data.units import atomref
 
 
 def _device(name: str) -> torch.device:
@@ -86,29 +85,54 @@ def _plots(run_dir, config, true, pred, mae, suffix: str = "") -> Dict[str, str]
 
 
 def predict(run_dir: str, path: str, which: str = "best", device: str = "auto",
-            backend: Optional[str] = None) -> List[float]:
-    """Predicted property (standard unit) of every molecule of the (extended) XYZ file ``path``."""
+            backend: Optional[str] = None, threads: Optional[int] = None, progress: Optional[bool] = None,
+            log: Optional[Callable[[str], None]] = None, chunk: int = 256) -> List[float]:
+    """Predicted property (standard unit, float64) of every molecule of the (extended) XYZ file ``path``.
+
+    The network runs in the weights' dtype and the read-out (Σ per-atom values, Σ atomref) in float64.
+    Molecules outside the training domain (``config["domain"]``: elements, sizes, closest atom pair) are
+    predicted with an :class:`~gtkernels.data.molecules.OutOfDomainWarning` per kind (``warnings.warn``);
+    file and value errors (:class:`MoleculeFileError`, ``ValueError``) name the file and the molecule (from 1).
+    ``threads`` sets ``torch.set_num_threads``; ``progress`` shows a bar (None: when there is more than one
+    chunk and stderr is a terminal); ``log`` receives one line naming backend, device, dtype and threads.
+    """
+    from tqdm import tqdm
     from .data.batching import pack
+    from .data.molecules import check_domain
     from .train import load_run
+    from ._backends import resolve_backend
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     mols = read_xyz(path)
-    for k, m in enumerate(mols):
-        unknown = sorted(set(int(z) for z in m.z) - set(QM9_ELEMENTS))
-        if unknown:
-            names = ", ".join(SYMBOLS.get(z, f"Z={z}") for z in unknown)
-            raise ValueError(f"{path}: molecule {k + 1} contains {names}; the model was trained on QM9, which "
-                             f"only has H, C, N, O, F, so it cannot predict it")
     model, config = load_run(run_dir, which, backend)
     dev = _device(device)
     model.to(dev)
     dtype = model.embedding.weight.dtype
+    check_domain(mols, config.get("domain"), source=path, max_z=model.embedding.num_embeddings)
+    if log is not None:
+        try:
+            used = resolve_backend(model.backend, dev, dtype)
+        except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
+            raise ValueError(f"--backend {model.backend} cannot run on {dev}: {exc}") from None
+        log(f"predict: {len(mols)} molecule(s) from {path}; backend {used}"
+            f"{' (auto)' if model.backend == 'auto' else ''}, device {dev}, dtype {str(dtype).replace('torch.', '')} "
+            f"(read-out float64), {torch.get_num_threads()} thread(s)")
     out: List[float] = []
     ref = atomref(config["target"])
-    with torch.no_grad():
-        for i in range(0, len(mols), 256):
-            chunk = mols[i:i + 256]
-            z, pos, cu = pack(chunk, torch.float64)
-            res = model(z.to(dev), pos.to(dev).to(dtype), cu_seqlens=cu.to(dev), include_atomref=False)
-            out += [float(r) + float(ref[m.z].sum()) for r, m in zip(res.double().cpu(), chunk)]
+    bar = tqdm(total=len(mols), unit="mol", desc="predict", mininterval=0.5,
+               disable=(len(mols) <= chunk or None) if progress is None else not progress)
+    with torch.no_grad(), bar:
+        for i in range(0, len(mols), chunk):
+            part = mols[i:i + chunk]
+            z, pos, cu = pack(part, torch.float64)   # float64 positions: distances in float64 in the ops
+            try:
+                res = model(z.to(dev), pos.to(dev), cu_seqlens=cu.to(dev), include_atomref=False)
+            except ValueError as exc:
+                raise ValueError(f"{path}, molecules {i + 1}..{i + len(part)}: {exc}") from exc
+            out += [float(r) + float(ref[m.z].sum()) for r, m in zip(res.double().cpu(), part)]
+            bar.update(len(part))
     return out
 
 
@@ -128,19 +152,41 @@ def main_evaluate(argv=None) -> Dict[str, float]:
 
 
 def main_predict(argv=None) -> List[float]:
+    import warnings
+    from ._backends import BACKENDS
+    from .data.molecules import OutOfDomainWarning
     p = argparse.ArgumentParser(prog="gtkernels predict", description="predict the run's property for molecules")
     p.add_argument("run_dir")
     p.add_argument("xyz", help="(extended) XYZ file, one or more molecules")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    p.add_argument("--backend", default=None, choices=BACKENDS, help="kernels to run (default: the run's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    try:
-        values = predict(a.run_dir, a.xyz, a.checkpoint, a.device)
-    except (MoleculeFileError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", OutOfDomainWarning)
+        try:
+            values = predict(a.run_dir, a.xyz, a.checkpoint, a.device, a.backend, threads=a.threads,
+                             progress=False if a.no_progress else None,
+                             log=lambda line: print(line, file=sys.stderr))
+        except (MoleculeFileError, ValueError, FileNotFoundError) as exc:
+            _print_warnings(caught, OutOfDomainWarning)
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2)
+    _print_warnings(caught, OutOfDomainWarning)
     with open(os.path.join(a.run_dir, "config.json")) as fh:
         config = json.load(fh)
-    for k, v in enumerate(values):
-        print(f"{a.xyz}[{k}]\t{config['target']} = {v:.6g} {config['unit']}")
+    for k, v in enumerate(values):   # molecules counted from 1, as in the error messages; 10 significant digits
+        print(f"{a.xyz}, molecule {k + 1}\t{config['target']} = {v:.10g} {config['unit']}")
     return values
+
+
+def _print_warnings(caught, category) -> None:
+    """Out-of-domain warnings as 'warning: ...' lines on stderr; any others re-issued as they were."""
+    import warnings
+    for w in caught:
+        if issubclass(w.category, category):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)

@@ -27,6 +27,7 @@ from ._backends import BACKENDS, PRECISIONS
 from .data.augment import merge_pairs
 from .data.batching import make_batches, packed_to_padded
 from .data.qm9 import QM9, load_split, make_split, save_split
+from .data.molecules import training_domain
 from .data.units import BY_NAME, TARGET_NAMES, atomref, target as target_info
 from .models import PRESETS, GeometricTransformer
 
@@ -243,6 +244,8 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
         split = load_split(split_path)
     else:
         split = make_split(len(ds), seed=config["split_seed"])
+        # elements, largest molecule, closest atom pair of the training set: predict / GTCalculator warn beyond them
+        config["domain"] = training_domain(ds, split["train"])
         if rank == 0:
             save_split(split, split_path, seed=config["split_seed"], n_molecules=len(ds), limit=config["limit"])
             with open(os.path.join(run_dir, "config.json.tmp"), "w") as fh:

@@ -136,8 +136,10 @@ class GeometricTransformer(nn.Module):
 
     ``forward(z, pos, mask=None, *, cu_seqlens=None)`` with padded ``z [B, N]`` (int, 0 = padding),
     ``pos [B, N, 3]`` or packed ``z [T]``, ``pos [T, 3]``, ``cu_seqlens [B+1]``. Returns ``[B]``: the sum over real
-    atoms of ``y_i = head(h_i)·std + mean + atomref[z_i]``.
-    The paper's configuration is the default (10 blocks, d_model 512, 256 heads).
+    atoms of ``y_i = head(h_i)·std + mean + atomref[z_i]``, float64: the network runs in the weights' dtype, and
+    ``·std + mean + atomref`` and the sum over atoms in float64 (``mean``, ``std`` and ``atomref`` are float64
+    buffers), so that a U0 of ~1e7 meV keeps the network's ~1e-7 relative resolution instead of float32's 0.25 meV
+    steps. The paper's configuration is the default (10 blocks, d_model 512, 256 heads).
     """
 
     block_cls = EncoderBlock
@@ -154,9 +156,12 @@ class GeometricTransformer(nn.Module):
             for _ in range(num_layers)])
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, 1)
-        self.register_buffer("mean", torch.tensor(float(mean)))
-        self.register_buffer("std", torch.tensor(float(std)))
-        self.register_buffer("atomref", torch.zeros(max_z) if atomref is None else torch.as_tensor(atomref).float())
+        # float64 buffers: the read-out sums in float64 (see the class docstring); a state dict with float32
+        # buffers loads into them unchanged (load_state_dict copies into the buffers' dtype)
+        self.register_buffer("mean", torch.tensor(float(mean), dtype=torch.float64))
+        self.register_buffer("std", torch.tensor(float(std), dtype=torch.float64))
+        self.register_buffer("atomref", torch.zeros(max_z, dtype=torch.float64) if atomref is None
+                             else torch.as_tensor(atomref).to(torch.float64))
         # The paper initialises every matrix of the encoder stack (ψω excepted) with Xavier-uniform.
         for name, p in self.layers.named_parameters():
             if p.dim() > 1 and "transform_dist" not in name:
@@ -169,7 +174,19 @@ class GeometricTransformer(nn.Module):
         x = self.embedding(z) + self.encoding(pos, mask, cu_seqlens=cu_seqlens)
         for block in self.layers:
             x = block(x, pos, mask, cu_seqlens=cu_seqlens)
-        y = self.head(self.norm(x)).squeeze(-1) * self.std + self.mean + self.atomref[z]
+        return self.readout(self.head(self.norm(x)).squeeze(-1), z, mask, cu_seqlens)
+
+    def readout(self, h: Tensor, z: Tensor, mask: Optional[Tensor], cu_seqlens: Optional[Tensor],
+                include_atomref: bool = True) -> Tensor:
+        """Per-atom head outputs ``h`` (``[B, N]`` or ``[T]``, any float dtype) → molecule values ``[B]``.
+
+        ``h·std + mean (+ atomref[z])`` and the molecule sum are computed in float64 (float32 on devices without
+        float64, e.g. MPS); gradients flow back to ``h`` in its own dtype.
+        """
+        acc = torch.float32 if h.device.type == "mps" else torch.float64
+        y = h.to(acc) * self.std.to(acc) + self.mean.to(acc)
+        if include_atomref:
+            y = y + self.atomref.to(acc)[z]
         return self.molecule_sum(y, mask, cu_seqlens)
 
     @staticmethod

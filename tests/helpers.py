@@ -104,3 +104,34 @@ def assert_two_x_rule(what: str, got: torch.Tensor, ref: torch.Tensor, exact: to
     print(f"[2x rule] {what}: {err:.3g} (bound {bound:.3g}, reference {rel_err(ref, exact):.3g})")
     assert err <= bound, f"{what}: error {err:.3g} above the bound {bound:.3g} (n_terms {n_terms})"
     return err
+
+
+def tiny_energy_model(backend: str = "auto", gain: float = 3.0, seed: int = 0):
+    """A seeded random ``tiny`` U0 model (meV): per-atom μ −3000 meV, σ 200 meV, QM9's U0 atomrefs, and its
+    distance MLPs (encoding φ, attention ψω) scaled by ``gain`` so that forces are large (~0.5 eV/Å on CH3OH)."""
+    from gtkernels.data.units import atomref
+    from gtkernels.models import GeometricTransformer
+    torch.manual_seed(seed)
+    m = GeometricTransformer("tiny", backend=backend, target="U0", mean=-3000.0, std=200.0,
+                             atomref=torch.as_tensor(atomref("U0")))
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "encoding" in name or "transform_dist" in name:
+                p.mul_(gain)
+    return m.eval()
+
+
+def tiny_run(run_dir: str, domain=None, backend: str = "auto") -> str:
+    """A run folder (config.json + best.pt) holding :func:`tiny_energy_model`, without training; ``domain``
+    (default: that of the committed QM9 sample) as ``train`` stores it."""
+    import json
+    import os
+    from gtkernels.data.molecules import training_domain
+    os.makedirs(run_dir, exist_ok=True)
+    m = tiny_energy_model(backend)
+    config = {"target": "U0", "unit": "meV", "model": {"preset": "tiny"}, "backend": backend,
+              "domain": training_domain(qm9_sample()) if domain is None else domain}
+    with open(os.path.join(run_dir, "config.json"), "w") as fh:
+        json.dump(config, fh)
+    torch.save({"model": m.state_dict()}, os.path.join(run_dir, "best.pt"))
+    return run_dir

@@ -120,8 +120,65 @@ def _load(path: str, expected: Optional[int]) -> Dict[str, np.ndarray]:
     return data
 
 
-class QM9:
+class MoleculeDataset:
+    """``torch.utils.data.Dataset`` protocol over packed arrays ``z [T]``, ``pos [T, 3]``, ``offsets [M+1]``,
+    ``index [M]``, ``_targets [M, 12]`` (what :class:`QM9` holds).
+
+    ``ds[i]`` (``-len(ds) <= i < len(ds)``, else ``IndexError``) is a dict of tensors, the fields of a PyG
+    ``Data`` (``torch_geometric.data.Data(**ds[i])`` makes one): ``z`` int64 ``[n]``, ``pos`` float32 ``[n, 3]``
+    (Å), ``y`` float64 ``[12]`` (every target, in :data:`~gtkernels.data.units.TARGET_NAMES` order and its
+    standard unit; ``ds.target_names``), ``index`` (the QM9 index, an int). ``ds.molecule(i)`` gives the
+    :class:`~gtkernels.data.Molecule` instead. Batch with ``DataLoader(ds, batch_size=32,
+    collate_fn=QM9.collate)``: the batch dict goes straight into ``model(batch)``.
+    """
+
+    target_names = TARGET_NAMES
+
+    def __getitem__(self, i):
+        import torch
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"{type(self).__name__} indices are integers, got {type(i).__name__}; for a subset use "
+                            "torch.utils.data.Subset(ds, indices)")
+        m = len(self.index)
+        if not -m <= i < m:
+            raise IndexError(f"molecule {i} out of range for {type(self).__name__} of {m} molecules")
+        i = int(i) % m
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return {"z": torch.from_numpy(self.z[a:b].astype(np.int64)),
+                "pos": torch.from_numpy(np.ascontiguousarray(self.pos[a:b], dtype=np.float32)),
+                "y": torch.from_numpy(np.array(self._targets[i], dtype=np.float64)),
+                "index": int(self.index[i])}
+
+    @staticmethod
+    def collate(items):
+        """Items of ``ds[i]`` → one packed batch dict: ``z`` int64 ``[T]``, ``pos`` float32 ``[T, 3]``, ``batch``
+        int64 ``[T]`` (molecule of each atom, as PyG), ``cu_seqlens`` int32 ``[B+1]``, ``y`` float64 ``[B, 12]``,
+        ``index`` int64 ``[B]``, ``num_graphs`` (B)."""
+        import torch
+        counts = torch.tensor([len(it["z"]) for it in items], dtype=torch.int64)
+        cu = torch.zeros(len(items) + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(counts, 0)
+        return {"z": torch.cat([it["z"] for it in items]) if items else torch.zeros(0, dtype=torch.int64),
+                "pos": torch.cat([it["pos"] for it in items]) if items else torch.zeros(0, 3),
+                "batch": torch.repeat_interleave(torch.arange(len(items)), counts),
+                "cu_seqlens": cu,
+                "y": torch.stack([it["y"] for it in items]) if items else torch.zeros(0, len(TARGET_NAMES),
+                                                                                  dtype=torch.float64),
+                "index": torch.tensor([it["index"] for it in items], dtype=torch.int64),
+                "num_graphs": len(items)}
+
+    def domain(self, idx=None) -> dict:
+        """Elements, largest molecule and closest atom pair of molecules ``idx`` (all: None);
+        :func:`gtkernels.data.molecules.training_domain`."""
+        from .molecules import training_domain
+        return training_domain(self, idx)
+
+
+class QM9(MoleculeDataset):
     """The QM9 dataset (130,831 molecules), from the HDF5 cache (built if missing, rebuilt if damaged).
+
+    A ``torch.utils.data.Dataset``: ``len(ds)``, and ``ds[i]`` a dict of tensors as PyG's ``Data`` fields
+    (:class:`MoleculeDataset`).
 
     Args:
         cache: cache folder (default ``$GTKERNELS_CACHE`` or ``~/.cache/gtkernels``).
