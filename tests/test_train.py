@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from gtkernels.cli import main as cli
+from gtkernels.cli import run as cli
 from gtkernels.train import load_checkpoint
 from conftest import requires_ase, requires_qm9pack
 
