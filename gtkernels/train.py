@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import math
 import os
 import pickle
@@ -36,7 +35,8 @@ from .data.units import BY_NAME, TARGET_NAMES, atomref, target as target_info
 from .models import PRESETS, GeometricTransformer
 
 CKPT_VERSION = 1
-log = logging.getLogger("gtkernels")
+#: the wall clock of the time budget and of --eval-every Ns (one name, so tests can drive it)
+_clock = time.perf_counter
 
 
 class RunError(ValueError):
@@ -254,18 +254,22 @@ def norm_stats(batcher: Batcher, train_idx: np.ndarray):
     return float(per_atom.mean()), float(max(per_atom.std(), 1e-6))
 
 
+#: predictions of more molecules than this show a progress bar (when asked for)
+PROGRESS_MIN = 2000
+
+
 @torch.no_grad()
 def predict_indices(model, batcher: Batcher, idx: np.ndarray, device, batch_size: int = 512,
                     layout: str = "packed", amp: bool = False, progress: bool = False,
                     desc: str = "predicting") -> np.ndarray:
     """Residual predictions ``[len(idx)]`` float64 (without Σ atomref) for molecules ``idx`` (int64 ``[M]``).
 
-    ``progress``: a progress bar (molecules) when there are more than 2,000 molecules.
+    ``progress``: a progress bar (molecules) when there are more than :data:`PROGRESS_MIN` molecules.
     """
     from tqdm import tqdm
     model.eval()
     out = []
-    with tqdm(total=len(idx), desc=desc, unit="mol", disable=not progress or len(idx) <= 2000,
+    with tqdm(total=len(idx), desc=desc, unit="mol", disable=not progress or len(idx) <= PROGRESS_MIN,
               mininterval=1.0, dynamic_ncols=True) as bar:
         for i in range(0, len(idx), batch_size):
             inp, _ = Batcher.to_tensors(*batcher.gather(idx[i:i + batch_size]), device, layout)
@@ -536,6 +540,11 @@ def _prepare(args: argparse.Namespace, world: int, device: torch.device):
     if not args.resume:
         check_backend(args.backend, device)
         config = new_config(args, device, world)
+        m = config["model"]
+        if m["d_model"] % m["num_heads"]:
+            raise RunError(f"--d-model {m['d_model']} must be divisible by --num-heads {m['num_heads']} (preset "
+                           f"{m['preset']!r} has {PRESETS[m['preset']]['d_model']} and "
+                           f"{PRESETS[m['preset']]['num_heads']}); change one of them")
         run_dir = args.run_dir or os.path.join(
             "runs", f"{args.target}-{config['model']['preset']}-{time.strftime('%Y%m%d-%H%M%S')}")
         if os.path.exists(run_dir) and not os.path.isdir(run_dir):
@@ -686,7 +695,7 @@ def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, mode
                                                    "of the time budget{postfix}")
     out = (lambda line: tqdm.write(line)) if not time_bar.disable else (lambda line: say(line, flush=True))
 
-    t_start = time.perf_counter()
+    t_start = _clock()
     next_eval = t_start + eval_seconds
     out_of_time = False
     summary: Dict[str, float] = {}
@@ -702,7 +711,7 @@ def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, mode
         net.train()
         err_sum, err_n, mol_epoch, t_epoch = 0.0, 0, 0, 0.0
         while state["batch"] < len(batches):
-            t0 = time.perf_counter()
+            t0 = _clock()
             group = batches[state["batch"]:state["batch"] + world]
             z, pos, cu, y = batcher.gather(group[rank] if world > 1 else group[0])
             n_mol = len(y)
@@ -723,7 +732,7 @@ def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, mode
             opt.step()
             state["batch"] += world
             state["step"] += 1
-            now = time.perf_counter()
+            now = _clock()
             dt = now - t0
             t_epoch += dt
             mol_epoch += n_mol * world
@@ -752,7 +761,7 @@ def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, mode
         # ---- validation (every process computes it, so schedulers stay in lock-step), checkpoint, metrics
         val_pred = predict_indices(model, batcher, val_idx, device, layout=config["layout"], amp=amp)
         val_mae = float(np.abs(val_pred - batcher.res[val_idx]).mean()) if len(val_idx) else float("nan")
-        next_eval = time.perf_counter() + eval_seconds
+        next_eval = _clock() + eval_seconds
         if epoch_done:
             state["epoch"] += 1
             state["batch"] = 0
