@@ -153,7 +153,10 @@ _FALLBACKS_LOGGED = set()
 
 
 def _log_auto_fallback(device: torch.device, dtype: torch.dtype, dropout_p: float, mlp_ok: bool) -> None:
-    """Warn (logger ``gtkernels``, once per reason) that ``auto`` runs the slow reference backend, and why."""
+    """Warn (logger ``gtkernels``, once per reason) that ``auto`` runs the slow reference backend, and why.
+    Silent while torch.compile traces (a compiled graph has no side effects to log)."""
+    if torch.compiler.is_compiling():
+        return
     if dropout_p != 0.0:
         reason = f"dropout_p={dropout_p} (no fused kernel implements attention dropout)"
     elif not mlp_ok:
@@ -166,7 +169,7 @@ def _log_auto_fallback(device: torch.device, dtype: torch.dtype, dropout_p: floa
         reason = "CUDA tensors, but neither triton nor the CUDA kernels of gtkernels._C are installed"
     else:
         reason = f"{dtype} on {device.type}"
-    if reason in _FALLBACKS_LOGGED or torch.compiler.is_compiling():
+    if reason in _FALLBACKS_LOGGED:
         return
     _FALLBACKS_LOGGED.add(reason)
     logging.getLogger("gtkernels").warning("backend='auto' runs the slow 'reference' backend: %s", reason)

@@ -705,6 +705,10 @@ def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, mode
         batches = [train_idx[b] for b in batches]
         if world > 1:
             batches = batches[:len(batches) // world * world]
+        if not batches:
+            raise RunError(f"--batch-size {config['batch_size']} over {world} processes: the {len(train_idx)} training "
+                           f"molecules do not make one batch of {per} per process; use a smaller --batch-size or "
+                           f"more molecules (--limit)")
         bar = tqdm(total=len(batches), initial=state["batch"], desc=f"epoch {state['epoch'] + 1}",
                    disable=not show_bar or budget is not None, unit="batch", mininterval=1.0, dynamic_ncols=True)
         time_bar.set_description_str(f"epoch {state['epoch'] + 1}", refresh=False)
