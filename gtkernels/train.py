@@ -377,7 +377,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "global batch")
     p.add_argument("--warmup-steps", type=non_negative_int, default=0, help="linear lr warm-up steps")
     p.add_argument("--patience", type=non_negative_int, default=50,
-                   help="ReduceLROnPlateau patience in validations (paper: 50 epochs)")
+                   help="ReduceLROnPlateau patience in epochs (paper: 50)")
     p.add_argument("--factor", type=positive_float, default=0.8, help="ReduceLROnPlateau factor (paper: 0.8)")
     p.add_argument("--min-lr", type=non_negative_float, default=1e-6)
     p.add_argument("--clip", type=non_negative_float, default=0.0, help="gradient-norm clipping (0 = off)")
@@ -562,6 +562,9 @@ def _prepare(args: argparse.Namespace, world: int, device: torch.device):
     ckpt = load_checkpoint(last, hint="this run cannot be resumed; start it again without --resume "
                                       "(after deleting the folder) or into another --run-dir")
     config = dict(run_config(ckpt, run_dir))
+    if not os.path.isfile(os.path.join(run_dir, "split.json")):
+        raise RunError(f"{run_dir} has no split.json, so the run cannot be resumed on the same training set; "
+                       f"train into another --run-dir")
     conflicts = resume_conflicts(config, new_config(args, device, world), given)
     if conflicts:
         raise RunError(f"--resume continues {run_dir} with the run's own settings, and these options differ from "
