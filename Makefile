@@ -15,7 +15,7 @@ PIP_C      := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 PY         := $(VENV)/bin/python
 #   DEMO_BUDGET  seconds of training in `make demo` (default 180); DEMO_ARGS other `gtkernels train` options.
 DEMO_BUDGET ?= 180
-DEMO_ARGS   ?= --target U0 --batch-size 32 --lr 5e-4 --eval-every 400 --max-val 2000
+DEMO_ARGS   ?= --target U0 --batch-size 32 --lr 5e-4 --eval-every 30s --max-val 2000
 DEMO_RUN    ?= build/demo-run
 SOURCES    := setup.py $(shell find csrc -type f 2>/dev/null)
 

@@ -12,6 +12,7 @@ silently substitutes. triton is imported lazily (it is slow to import and option
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from typing import List, Optional
 
@@ -125,6 +126,7 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, drop
         if (device.type == "cuda" and dtype in CUDA_DTYPES and dropout_p == 0.0 and mlp_ok
                 and cuda_kernels_built()):
             return "cuda"
+        _log_auto_fallback(device, dtype, dropout_p, mlp_ok)
         return "reference"
     if backend == "reference":
         return backend
@@ -145,6 +147,32 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, drop
         raise TypeError(f"backend='cpu' supports float32 and float64, got {dtype}; "
                         "cast the inputs or use backend='reference'")
     return _check_fused_limits("cpu", dropout_p, mlp_ok)
+
+
+_FALLBACKS_LOGGED = set()
+
+
+def _log_auto_fallback(device: torch.device, dtype: torch.dtype, dropout_p: float, mlp_ok: bool) -> None:
+    """Warn (logger ``gtkernels``, once per reason) that ``auto`` runs the slow reference backend, and why.
+    Silent while torch.compile traces (a compiled graph has no side effects to log)."""
+    if torch.compiler.is_compiling():
+        return
+    if dropout_p != 0.0:
+        reason = f"dropout_p={dropout_p} (no fused kernel implements attention dropout)"
+    elif not mlp_ok:
+        reason = f"an MLP beyond the fused kernels' limits ({MAX_MLP_LAYERS} layers of width <= {MAX_MLP_WIDTH})"
+    elif device.type == "cpu" and not extension_available():
+        reason = f"gtkernels._C is not built ({_EXTENSION_ERROR})"
+    elif device.type == "cpu":
+        reason = f"{dtype} on CPU (the cpu kernels take float32 and float64)"
+    elif device.type == "cuda" and not (triton_available() or cuda_kernels_built()):
+        reason = "CUDA tensors, but neither triton nor the CUDA kernels of gtkernels._C are installed"
+    else:
+        reason = f"{dtype} on {device.type}"
+    if reason in _FALLBACKS_LOGGED:
+        return
+    _FALLBACKS_LOGGED.add(reason)
+    logging.getLogger("gtkernels").warning("backend='auto' runs the slow 'reference' backend: %s", reason)
 
 
 def _check_fused_limits(backend: str, dropout_p: float, mlp_ok: bool) -> str:

@@ -17,23 +17,40 @@ from .data.units import atomref
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``--device`` as a device this torch can use (RunError naming ``--device`` otherwise)."""
+    from .train import resolve_device
+    return resolve_device(name)
 
 
 def evaluate(run_dir: str, which: str = "best", cache: Optional[str] = None, device: str = "auto",
              backend: Optional[str] = None, batch_size: int = 512, plots: bool = True,
-             split_name: str = "test") -> Dict[str, float]:
-    """Test-set MAE of a run (in the target's standard unit); writes parity.png and learning_curve.png."""
-    from .train import Batcher, load_run, predict_indices
-    model, config = load_run(run_dir, which, backend)
+             split_name: str = "test", progress: bool = False, verbose: bool = False) -> Dict[str, float]:
+    """MAE of a run on its ``split_name`` split (``test`` or ``val``), in the target's standard unit.
+
+    Writes ``{split}_metrics.json`` and, with ``plots``, ``{split}_parity.png`` and ``learning_curve.png`` into
+    the run folder. ``backend``: None = the run's own. ``progress``: a progress bar on long work; ``verbose``:
+    the device, backend, dtype and threads on stderr at the start. Raises
+    :class:`gtkernels.train.RunError` (a ValueError) for a missing or damaged run folder, device or backend.
+    """
+    from .train import Batcher, check_backend, load_run, predict_indices, runtime_summary
+    if split_name not in ("test", "val"):
+        raise ValueError(f"split_name must be 'test' or 'val', got {split_name!r}")
     dev = _device(device)
+    model, config = load_run(run_dir, which, backend)
+    check_backend(backend or config.get("backend", "auto"), dev)
     model.to(dev)
-    ds = QM9(cache=cache, limit=config.get("limit"), progress=False)
-    idx = load_split(os.path.join(run_dir, "split.json"))[split_name]
+    if verbose:
+        print(runtime_summary(dev, backend or config.get("backend", "auto"), model.embedding.weight.dtype),
+              file=sys.stderr, flush=True)
+    split_path = os.path.join(run_dir, "split.json")
+    if not os.path.exists(split_path):
+        from .train import RunError
+        raise RunError(f"{run_dir} has a checkpoint but no split.json, so its {split_name} set is unknown")
+    ds = QM9(cache=cache, limit=config.get("limit"), progress=progress)
+    idx = load_split(split_path)[split_name]
     batcher = Batcher(ds, config["target"])
-    pred_res = predict_indices(model, batcher, idx, dev, batch_size, config.get("layout", "packed"))
+    pred_res = predict_indices(model, batcher, idx, dev, batch_size, config.get("layout", "packed"),
+                               progress=progress, desc=f"{split_name} set")
     pred = pred_res + batcher.ref_sum[idx]
     true = batcher.y[idx]
     mae = float(np.abs(pred - true).mean())
@@ -43,13 +60,17 @@ def evaluate(run_dir: str, which: str = "best", cache: Optional[str] = None, dev
         has_ref = bool(np.any(batcher.ref_sum[idx] != 0))
         # energies: plot target − Σ atomref (atomisation-like values); the raw totals are dominated by the offset
         shown = (batcher.res[idx], pred_res) if has_ref else (true, pred)
-        result.update(_plots(run_dir, config, *shown, mae, " − Σ atomref" if has_ref else ""))
+        result.update(_plots(run_dir, config, *shown, mae, " − Σ atomref" if has_ref else "", split_name))
     with open(os.path.join(run_dir, f"{split_name}_metrics.json"), "w") as fh:
         json.dump(result, fh, indent=1)
     return result
 
 
-def _plots(run_dir, config, true, pred, mae, suffix: str = "") -> Dict[str, str]:
+SPLIT_NAMES = {"test": "test", "val": "validation"}
+
+
+def _plots(run_dir, config, true, pred, mae, suffix: str = "", split_name: str = "test") -> Dict[str, str]:
+    """``{split}_parity.png`` (true vs predicted on that split) and ``learning_curve.png`` (from metrics.csv)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -59,9 +80,9 @@ def _plots(run_dir, config, true, pred, mae, suffix: str = "") -> Dict[str, str]
     lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
     ax.set_xlabel(f"true {name}{suffix} ({unit})"), ax.set_ylabel(f"predicted {name}{suffix} ({unit})")
-    ax.set_title(f"{name}: test MAE {mae:.4g} {unit} (n={len(true)})")
+    ax.set_title(f"{name}: {SPLIT_NAMES[split_name]} MAE {mae:.4g} {unit} (n={len(true)})")
     fig.tight_layout()
-    parity = os.path.join(run_dir, "parity.png")
+    parity = os.path.join(run_dir, f"{split_name}_parity.png")
     fig.savefig(parity, dpi=120)
     plt.close(fig)
     curve = os.path.join(run_dir, "learning_curve.png")
@@ -77,7 +98,7 @@ def _plots(run_dir, config, true, pred, mae, suffix: str = "") -> Dict[str, str]
         ax.plot(x, [float(r["val_mae"]) for r in rows], "o-", label="validation MAE")
         ax.set_yscale("log")
     ax.set_xlabel("epoch"), ax.set_ylabel(f"MAE ({unit})"), ax.legend() if rows else None
-    ax.set_title(f"{name} learning curve")
+    ax.set_title(f"{name} learning curve (training and validation sets)")
     fig.tight_layout()
     fig.savefig(curve, dpi=120)
     plt.close(fig)
@@ -137,15 +158,26 @@ def predict(run_dir: str, path: str, which: str = "best", device: str = "auto",
 
 
 def main_evaluate(argv=None) -> Dict[str, float]:
-    p = argparse.ArgumentParser(prog="gtkernels evaluate", description="test MAE and plots of a training run")
-    p.add_argument("run_dir")
+    """``gtkernels evaluate RUN_DIR [--split test|val] ...``: prints the MAE; returns :func:`evaluate`'s dict."""
+    from .train import Parser, add_runtime_arguments
+    p = Parser(prog="gtkernels evaluate",
+               description="MAE of a training run on its test (or validation) set, its parity plot and learning "
+                           "curve (written into the run folder)")
+    p.add_argument("run_dir", help="folder of a `gtkernels train` run")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--split", default="test", choices=["test", "val"])
-    p.add_argument("--cache", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--backend", default=None, choices=[None, "auto", "reference", "cpu"])
+    p.add_argument("--cache", default=None, help="dataset cache folder (default $GTKERNELS_CACHE or ~/.cache/gtkernels)")
+    add_runtime_arguments(p, backend_default=None)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    r = evaluate(a.run_dir, a.checkpoint, a.cache, a.device, a.backend, split_name=a.split)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dev = _device(a.device)
+    if a.backend is not None:
+        from .train import check_backend
+        check_backend(a.backend, dev)
+    r = evaluate(a.run_dir, a.checkpoint, a.cache, a.device, a.backend, split_name=a.split,
+                 progress=not a.no_progress, verbose=True)
     print(f"{r['split']} MAE {r['target']}: {r['mae']:.5g} {r['unit']}  ({r['n']} molecules, {a.checkpoint} checkpoint)")
     print(f"parity plot: {r['parity_plot']}\nlearning curve: {r['learning_curve']}")
     return r

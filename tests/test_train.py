@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from gtkernels.cli import main as cli
+from gtkernels.cli import run as cli
 from gtkernels.train import load_checkpoint
 from conftest import requires_ase, requires_qm9pack
 
@@ -153,14 +153,18 @@ def test_ddp_gloo_two_processes(tmp_path, cache):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
-        _, err = proc.communicate(timeout=180)
+        out, err = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)   # the launcher and its workers: no orphaned processes left behind
         proc.communicate()
         raise
     assert proc.returncode == 0, err[-3000:]
     ck = _weights(run)
-    assert ck["state"]["epoch"] == 1 and ck["state"]["step"] > 0
+    # --batch-size 16 is the global batch: 8 molecules per process and step, so the 252 training molecules of
+    # --limit 300 make 32 per-process batches, 16 steps (with 16 per process it would be 8 steps)
+    assert ck["state"]["epoch"] == 1 and ck["state"]["step"] == 16
+    assert ck["config"]["batch_size"] == 16 and ck["config"]["batch_per_process"] == 8
+    assert "batch 16 molecules per step (2 processes x 8)" in out
 
 
 def test_padded_bucketed_warmup_variant(tmp_path, capsys):
