@@ -133,7 +133,7 @@ def _xyz(path, n_copies=1):
 
 
 def test_predict_full_precision_and_options(tmp_path, capsys):
-    from gtkernels.cli import main as cli
+    from gtkernels.cli import run as cli
     run = tiny_run(str(tmp_path / "run"))
     xyz = _xyz(tmp_path / "m.xyz", 3)
     threads = torch.get_num_threads()

@@ -35,7 +35,7 @@ def test_ase_dummy_atom_x(tmp_path):
 
 
 def test_unsupported_element_is_named_by_symbol(tmp_path, capsys):
-    from gtkernels.cli import main as cli
+    from gtkernels.cli import run as cli
     run = tiny_run(str(tmp_path / "run"))
     path = _write(tmp_path, WATER + "2\nUO\nU 0 0 0\nO 1.8 0 0\n")
     with pytest.raises(SystemExit) as exc:
@@ -64,7 +64,7 @@ def test_duplicate_atom(tmp_path, capsys):
     msg = str(exc.value)
     assert "in.xyz, molecule 2 (line 6): atom 2 (H, line 9) and atom 3 (H, line 10) are 0 Å apart" in msg
     assert "delete the duplicate" in msg and "validate" not in msg
-    from gtkernels.cli import main as cli   # the CLI: exit 2, the same message, no traceback
+    from gtkernels.cli import run as cli   # the CLI: exit 2, the same message, no traceback
     with pytest.raises(SystemExit) as e:
         cli(["predict", tiny_run(str(tmp_path / "run")), path])
     assert e.value.code == 2 and "molecule 2 (line 6)" in capsys.readouterr().err
@@ -86,7 +86,7 @@ def test_periodic_frame_is_an_error(tmp_path):
 
 
 def test_unseen_element_warns_in_predict(tmp_path, capsys):
-    from gtkernels.cli import main as cli
+    from gtkernels.cli import run as cli
     run = tiny_run(str(tmp_path / "run"))
     path = _write(tmp_path, WATER + "3\nH2S\nS 0 0 0\nH 1.34 0 0\nH -0.3 1.3 0\n")
     values = cli(["predict", run, path])

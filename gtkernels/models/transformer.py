@@ -114,12 +114,12 @@ class GeometricTransformer(gtkernels_py.GeometricTransformer):
         ``forces(z [T], pos [T, 3], batch=batch [T])``.
         """
         from ..data.units import BY_NAME
-        if not isinstance(pos, Tensor):
-            raise TypeError(f"pos must be a torch.Tensor, got {type(pos).__name__}")
         if self.target is not None and self.target in BY_NAME and not BY_NAME[self.target].energy:
             raise ValueError(f"forces are −∂E/∂pos of an energy; this model predicts {self.target!r}")
         if not isinstance(z, Tensor):
             z, pos, cu_seqlens, max_seqlen = graph_inputs(z, pos)
+        if not isinstance(pos, Tensor):
+            raise TypeError(f"pos must be a torch.Tensor, got {type(pos).__name__}")
         elif batch is not None:
             if mask is not None or cu_seqlens is not None:
                 raise ValueError("pass one of mask (padded), cu_seqlens (packed) or batch (PyG-style), not several")
