@@ -90,7 +90,7 @@ def _import_torch():
             return torch
         except ImportError as exc:
             why = f"torch in {folder} does not import: {exc}"
-    raise RuntimeError(_NO_TORCH.format(why=why))
+    sys.exit("error: " + _NO_TORCH.format(why=why))   # a message, not a traceback
 
 
 def _extensions():
