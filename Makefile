@@ -35,9 +35,13 @@ demo: build
 kernel-demo: build
 	$(PY) -m gtkernels.demo
 
+# pytest imports torch (tests/conftest.py) before gtkernels, too late for gtkernels/_openmp.py to shorten
+# libgomp's spinning: give the test run the package's setting (gtkernels._openmp.SPIN_COUNT) unless a policy was chosen.
+OMP_ENV := $(if $(OMP_WAIT_POLICY)$(GOMP_SPINCOUNT)$(filter keep,$(GTKERNELS_OMP_WAIT)),,GOMP_SPINCOUNT=100)
+
 test: build
-	$(PY) -m pytest tests -q
-	$(PY) -m pytest benchmarks -q --benchmark-disable -k smoke
+	$(OMP_ENV) $(PY) -m pytest tests -q
+	$(OMP_ENV) $(PY) -m pytest benchmarks -q --benchmark-disable -k smoke
 
 # nvcc -c of csrc/cuda/*.cu for sm_80 and sm_90 with register/spill report, and a syntax check of the torch
 # glue; needs no GPU (skipped when nvcc is missing).

@@ -47,3 +47,9 @@ def test_import_order_in_a_fresh_interpreter():
     assert first == str(_openmp.SPIN_COUNT)
     late = _spin_in_child("import os, torch, gtkernels; print(os.environ.get('GOMP_SPINCOUNT'))")
     assert late == "None"
+
+
+def test_makefile_test_target_uses_the_package_spin():
+    """``make test`` sets the same spin for pytest (which imports torch first), so the value lives in sync."""
+    text = open(os.path.join(ROOT, "Makefile")).read()
+    assert f",,GOMP_SPINCOUNT={_openmp.SPIN_COUNT})" in text
