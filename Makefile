@@ -1,6 +1,7 @@
 # gtkernels: `make demo` (main job) and `make test`. Both create .venv, install and build as needed.
 #
-#   TORCH_SPEC   pip requirement for torch (default: the CPU build torch==2.13.0). Override for a CUDA
+#   TORCH_SPEC   pip requirement for torch (default torch==2.13.0: the CPU build where the configured index
+#                serves it, as on CI; see TORCH_INDEX). Override for a CUDA
 #                machine, e.g. TORCH_SPEC="torch==2.11.0", or TORCH_SPEC= (empty) to keep the torch
 #                already in the environment (with VENV_FLAGS=--system-site-packages).
 #   PYTHON       interpreter that creates the venv (default python3); VENV its folder (default .venv).
@@ -8,6 +9,9 @@ PYTHON     ?= python3
 VENV       ?= .venv
 VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
+#   TORCH_INDEX  index URL torch comes from (default: pip's configured index). From the public PyPI, torch==2.13.0
+#                is the CUDA build (several GB); the CPU-only build: TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 #   CONSTRAINTS  pip constraints file pinning every other package (default: constraints.txt, the CI environment);
 #                CONSTRAINTS= (empty) installs the newest versions the ranges of requirements-dev.txt allow.
 CONSTRAINTS ?= constraints.txt
@@ -31,9 +35,13 @@ demo: build
 kernel-demo: build
 	$(PY) -m gtkernels.demo
 
+# pytest imports torch (tests/conftest.py) before gtkernels, too late for gtkernels/_openmp.py to shorten
+# libgomp's spinning: give the test run the package's setting (gtkernels._openmp.SPIN_COUNT) unless a policy was chosen.
+OMP_ENV := $(if $(OMP_WAIT_POLICY)$(GOMP_SPINCOUNT)$(filter keep,$(GTKERNELS_OMP_WAIT)),,GOMP_SPINCOUNT=100)
+
 test: build
-	$(PY) -m pytest tests -q
-	$(PY) -m pytest benchmarks -q --benchmark-disable -k smoke
+	$(OMP_ENV) $(PY) -m pytest tests -q
+	$(OMP_ENV) $(PY) -m pytest benchmarks -q --benchmark-disable -k smoke
 
 # nvcc -c of csrc/cuda/*.cu for sm_80 and sm_90 with register/spill report, and a syntax check of the torch
 # glue; needs no GPU (skipped when nvcc is missing).
@@ -59,7 +67,7 @@ build: $(VENV)/.built
 
 $(VENV)/.deps: requirements-dev.txt $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
-	if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install -q "$(TORCH_SPEC)"; fi
+	if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) "$(TORCH_SPEC)"; fi
 	$(PY) -m pip install -q -r requirements-dev.txt $(PIP_C)
 	touch $@
 

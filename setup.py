@@ -1,7 +1,15 @@
 """Build gtkernels and its compiled extension gtkernels._C.
 
-    pip install --no-build-isolation -e .        # editable; torch must already be installed
+    pip install .                                # a venv that already has the torch you want (CPU or CUDA)
+    pip install ".[train,ase]"                   # + the QM9 training/evaluation and XYZ/ASE extras
+    pip install --no-build-isolation -e .        # editable (what `make build` does)
     python setup.py build_ext --inplace          # in-place build of gtkernels/_C*.so
+
+torch must be installed *before* gtkernels is built: the extension is compiled against that torch (its C++ ABI
+and CUDA flavour), so it is deliberately not a build-system requirement (pip would otherwise put a second,
+default torch - from PyPI, the CUDA one - into the isolated build environment, and build against it). Under
+pip's build isolation this script finds the torch of the environment pip installs into (the interpreter
+running the build, without the isolation's paths); ``--no-build-isolation`` skips that search.
 
 The extension always holds the CPU kernels (csrc/*.cpp, csrc/cpu/*.cpp, OpenMP). The CUDA sources
 (csrc/cuda/*.cu) are added, as a CUDAExtension, when torch has CUDA (or FORCE_CUDA=1) and CUDA_HOME is set,
@@ -11,16 +19,31 @@ Environment switches:
     GTKERNELS_CPU_ONLY=1   never build CUDA sources
     FORCE_CUDA=1           build CUDA sources even where no GPU is visible (needs a CUDA build of torch)
     GTKERNELS_PORTABLE=1   no -march=native (a binary that runs on any x86-64 / aarch64 of its kind)
-
-torch is a build-time requirement that is deliberately not listed in install_requires: install the torch
-build you want (CPU or a CUDA flavour) first, then build with --no-build-isolation.
 """
 import glob
 import os
+import subprocess
+import sys
 
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+#: Runtime requirements (ranges; the CI pins live in constraints.txt). torch is listed so that pip knows the
+#: package needs it, but it must already be installed when gtkernels is built (see the docstring above).
+INSTALL_REQUIRES = [
+    "torch>=2.11",
+    "numpy>=1.24",
+    "tqdm>=4.60",
+]
+#: Optional parts, each named after what it enables. tests/test_packaging.py checks that every third-party
+#: module the package imports is declared here or above.
+EXTRAS_REQUIRE = {
+    "train": ["h5py>=3.8", "qm9pack>=1.0.3,<2", "matplotlib>=3.7"],   # QM9 cache, train / evaluate, plots
+    "ase": ["ase>=3.22"],                                               # XYZ input (predict), GTCalculator
+    "triton": ["triton>=3.6"],                                          # the triton backend (GPU); ~1 GB
+    "bench": ["pytest>=7", "pytest-benchmark>=4", "matplotlib>=3.7"],   # benchmarks/ and their report
+}
 
 
 def _flag(name: str) -> bool:
@@ -31,14 +54,48 @@ def _rel(paths):
     return sorted(os.path.relpath(p, ROOT) for p in paths)
 
 
-def _extensions():
+_NO_TORCH = """gtkernels compiles its C++ extension against the PyTorch of the environment it is installed into,
+and found none ({why}). Install torch first, then gtkernels:
+    pip install torch --index-url https://download.pytorch.org/whl/cpu    # CPU-only build of torch
+    pip install torch                                                     # PyPI's default: the CUDA build
+    pip install .                          # or: pip install --no-build-isolation ."""
+
+
+def _outer_site_packages():
+    """Under pip's build isolation (which hides the target environment's packages), the folder holding the
+    target environment's torch: the interpreter running this build, started without the isolation's paths.
+    None when there is no such torch."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONHOME")}
+    code = "import os, torch; print(os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__))))"
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    folder = out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else ""
+    return folder if os.path.isdir(os.path.join(folder, "torch")) else None
+
+
+def _import_torch():
     try:
         import torch
-        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-    except ImportError as exc:  # pragma: no cover - torch is a prerequisite
-        raise RuntimeError(
-            "gtkernels needs PyTorch installed before it is built "
-            "(pip install torch, then pip install --no-build-isolation -e .)") from exc
+        return torch
+    except ImportError as exc:
+        why = f"import torch: {exc}"
+    folder = _outer_site_packages()
+    if folder is not None:
+        sys.path.append(folder)   # after the build environment's own packages (its setuptools stays first)
+        try:
+            import torch
+            print(f"gtkernels: building against torch {torch.__version__} from {folder}", file=sys.stderr)
+            return torch
+        except ImportError as exc:
+            why = f"torch in {folder} does not import: {exc}"
+    sys.exit("error: " + _NO_TORCH.format(why=why))   # a message, not a traceback
+
+
+def _extensions():
+    torch = _import_torch()
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     cpp_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))
                        + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
@@ -90,7 +147,8 @@ setup(
     description="Fused geometric-attention kernels (Geometric Transformer) for PyTorch",
     packages=find_packages(include=["gtkernels", "gtkernels.*", "gtkernels_py", "gtkernels_py.*"]),
     python_requires=">=3.10",
-    install_requires=["numpy"],
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

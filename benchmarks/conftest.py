@@ -39,6 +39,11 @@ def _commit() -> str:
 
 def pytest_configure(config):
     config._gtk_bench_start = (time.time(), _load(), _commit())
+    if config.getoption("benchmark_disable", default=False):
+        # With --benchmark-disable (the CI smoke) benchmarks.common.measure() makes its one call itself, under
+        # the memory meter, and leaves the fixture unused on purpose: pytest-benchmark would warn once per test.
+        config.addinivalue_line("filterwarnings", "ignore:Benchmark fixture was not used at all in this test"
+                                                  ":pytest_benchmark.logger.PytestBenchmarkWarning")
 
 
 def pytest_runtest_logreport(report):

@@ -2,7 +2,7 @@
 //
 // Plain C++17, no torch (nor any other) headers, every function `GT_HD inline` and templated on the
 // scalar type, so `nvcc -c` compiles it for the device and the CPU tests exercise the same code.
-// What is here (DESIGN.md §2 and §5):
+// What is here (docs/semantics.md §2 and §4):
 //   * inverse distance rinv = 1/(‖p_i − p_j‖ + 1e-16) and its gradient with respect to p_i;
 //   * activations: ReLU and the exact (erf) GELU, with their derivatives as torch computes them;
 //   * a branch-free exp (fast_exp) that vectorises in loops;
@@ -196,9 +196,11 @@ GT_HD GT_FORCE_INLINE float gelu_erf(float x) {
 }
 GT_HD inline double gelu_erf(double x) { return erf(x); }
 
-// Activations (torch semantics: relu'(0) = 0; GELU exact, derivative cdf + x·pdf).
+// Activations (torch semantics: relu'(0) = 0, relu(NaN) = NaN; GELU exact, derivative cdf + x·pdf).
+// relu is written `x < 0 ? 0 : x`, not `x > 0 ? x : 0` (or max(x, 0)): the latter maps NaN to 0, so NaN
+// positions (validate=False) would give finite-looking attention outputs where the reference gives NaN.
 template <class T>
-GT_HD GT_FORCE_INLINE T relu(T x) { return x > T(0) ? x : T(0); }
+GT_HD GT_FORCE_INLINE T relu(T x) { return x < T(0) ? T(0) : x; }
 template <class T>
 GT_HD GT_FORCE_INLINE T relu_grad(T x) { return x > T(0) ? T(1) : T(0); }
 
@@ -256,7 +258,9 @@ template <class T, class P = double>
 GT_HD inline T inverse_distance(const P* pi, const P* pj, P* grad_i) {
   const P dx = pi[0] - pj[0], dy = pi[1] - pj[1], dz = pi[2] - pj[2];
   const P r = gt_sqrt(dx * dx + dy * dy + dz * dz);
-  const P rinv = P(1) / (r + P(kDistanceEps));
+  // A non-finite r (a NaN or Inf coordinate, validate=False) gives rinv NaN, never 1/Inf = 0: the molecule's
+  // outputs are then NaN, as the reference's (docs/semantics.md §2).
+  const P rinv = r < P(INFINITY) ? P(1) / (r + P(kDistanceEps)) : P(NAN);
   if (grad_i != nullptr) {
     const P c = r > P(0) ? -rinv * rinv / r : P(0);
     grad_i[0] = c * dx;
@@ -430,7 +434,7 @@ inline Line<T> line_add(const Line<T>& a, const Line<T>& b) { return a + b; }
 template <class T>
 inline Line<T> line_scale(T s, const Line<T>& w) { return s * w; }
 template <class T>
-inline Line<T> line_relu(const Line<T>& v) { return v > T(0) ? v : T(0); }
+inline Line<T> line_relu(const Line<T>& v) { return v < T(0) ? T(0) : v; }  // NaN stays NaN, as relu()
 template <class T>  // d where a > 0, else 0
 inline Line<T> line_mask_pos(const Line<T>& d, const Line<T>& a) { return a > T(0) ? d : T(0); }
 template <class T>
@@ -485,7 +489,7 @@ GT_HD inline Line<T> line_scale(T s, const Line<T>& w) {
 template <class T>
 GT_HD inline Line<T> line_relu(const Line<T>& a) {
   Line<T> r;
-  for (int c = 0; c < kVec<T>; ++c) r.v[c] = a.v[c] > T(0) ? a.v[c] : T(0);
+  for (int c = 0; c < kVec<T>; ++c) r.v[c] = a.v[c] < T(0) ? T(0) : a.v[c];  // NaN stays NaN
   return r;
 }
 template <class T>

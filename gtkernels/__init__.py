@@ -5,6 +5,7 @@
 >>> attn = gtkernels.FusedGeometricAttention(d_model=128, num_heads=8)
 >>> y = attn(x, pos, mask)        # x [B, N, 128], pos [B, N, 3] in Å, mask [B, N] bool
 """
+from . import _openmp  # noqa: F401,I001 - first: sets the OpenMP wait policy before anything imports torch
 from ._backends import backends, extension_available
 from .nn import FusedGeometricAttention, GeometricEncoding
 from .ops import BatchGeometry, geometric_attention, geometric_encoding, prepare_geometry

@@ -1,6 +1,6 @@
 """Functional reference of every gtkernels op, in plain eager PyTorch.
 
-This file *is* the specification (DESIGN.md §2): every backend is tested against it. It favours clarity over
+This file *is* the specification (docs/semantics.md §2): every backend is tested against it. It favours clarity over
 speed and materialises every B×N×N (and B×N×N×h) intermediate on purpose.
 
 Layouts
@@ -64,7 +64,8 @@ def real_pairs(mask: Tensor, include_self: bool) -> Tensor:
 
 
 def inverse_distances(pos: Tensor, mask: Tensor) -> Tensor:
-    """rinv ``[B, N, N]`` from ``pos [B, N, 3]``: 1/(‖p_i − p_j‖ + 1e-16) for real i ≠ j, else 0.
+    """rinv ``[B, N, N]`` from ``pos [B, N, 3]``: 1/(‖p_i − p_j‖ + 1e-16) for real i ≠ j (NaN where the
+    distance is not finite), else 0.
 
     Excluded pairs get a dummy difference vector so that the norm's gradient stays finite there.
     """
@@ -72,7 +73,10 @@ def inverse_distances(pos: Tensor, mask: Tensor) -> Tensor:
     diff = pos[:, :, None, :] - pos[:, None, :, :]
     diff = torch.where(pairs[..., None], diff, torch.ones_like(diff))
     r = torch.linalg.vector_norm(diff, dim=-1)
-    return torch.where(pairs, 1.0 / (r + DISTANCE_EPS), torch.zeros_like(r))
+    # A non-finite coordinate (NaN or Inf, only with validate=False) makes rinv NaN, never 1/Inf = 0, so the
+    # molecule's outputs are NaN rather than finite-looking (docs/semantics.md §2).
+    rinv = torch.where(r < math.inf, 1.0 / (r + DISTANCE_EPS), torch.full_like(r, math.nan))
+    return torch.where(pairs, rinv, torch.zeros_like(r))
 
 
 def _full_mask(x: Tensor, mask: Optional[Tensor]) -> Tensor:

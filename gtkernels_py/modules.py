@@ -1,4 +1,4 @@
-"""Reference modules of the Geometric Transformer (DESIGN.md §2), in plain eager PyTorch.
+"""Reference modules of the Geometric Transformer (docs/semantics.md §2), in plain eager PyTorch.
 
 Parameter names follow the paper's official code where a module exists there, so checkpoints load:
 attention ``linears.{0..3}.weight`` and ``transform_dist.seq.{0,2,4,6}.{weight,bias}``; positional encoding

@@ -14,7 +14,7 @@
 // barriers) to the next but shared or global memory; within a phase no thread reads what another thread
 // writes in that phase (the emulation runs threads forwards and backwards to check results do not change).
 //
-// Work split (DESIGN.md §5). Rows are the "segments of rows" layout of csrc/ops.cpp. A program owns a tile of
+// Work split (docs/semantics.md §4). Rows are the "segments of rows" layout of csrc/ops.cpp. A program owns a tile of
 // kRows consecutive rows [r0, r1) of one molecule (rows [s, e)), derived from the program index and seg on the
 // device (tile_of: no tile table, no host copy of seg; bad seg values are clamped, oversized molecules get NaN).
 //   attention forward : the tile's rows are queries; loop over key tiles; ψω evaluated once per (query, key)

@@ -1,4 +1,4 @@
-"""The paper's training augmentation (DESIGN.md §2): merge far-apart pairs of molecules, sum their targets.
+"""The paper's training augmentation (docs/semantics.md §2): merge far-apart pairs of molecules, sum their targets.
 
 In a shuffled batch of B molecules, sample i < B//2 becomes molecule i merged with molecule B//2 + i translated
 by ``shift`` = (1e4, 1e4, 1e4) Å, with target y_i + y_{B//2+i}; samples B//2 … B−1 stay single molecules.

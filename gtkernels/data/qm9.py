@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -31,6 +32,7 @@ CACHE_VERSION = 1
 QM9_SIZE = 130_831
 MAX_ATOMS = 29
 _GRID = 2.0 ** 32
+log = logging.getLogger(__name__)
 
 
 def cache_dir(path: Optional[str] = None) -> str:
@@ -77,9 +79,46 @@ def _read_csv(limit: Optional[int], progress: bool):
             np.array(tgt, dtype=np.float64) * scales)
 
 
+def _h5py():
+    try:
+        import h5py
+    except ImportError as exc:
+        raise ModuleNotFoundError("the QM9 cache is an HDF5 file and needs h5py: pip install 'gtkernels[train]' "
+                                  "(or pip install h5py)") from exc
+    return h5py
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _damage(path: str) -> Optional[str]:
+    """Why the file at ``path`` is not a usable cache, or None when it is (or does not exist)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        _load(path, None)
+    except (OSError, ValueError, KeyError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def build_cache(path: str, limit: Optional[int] = None, progress: bool = True) -> None:
-    """Convert the CSV into ``path`` (written to a temporary file in the same folder, then renamed)."""
-    import h5py
+    """Convert the CSV into ``path`` (written to a temporary file in the same folder, then renamed).
+
+    The file gets the permissions of any new file (0666 less the umask, e.g. 0644), not mkstemp's private 0600:
+    the cache is shared data. A damaged file already at ``path`` is replaced, with a warning on the
+    ``gtkernels.data.qm9`` logger saying what was wrong with it.
+    """
+    h5py = _h5py()
+    if os.path.exists(path):
+        why = _damage(path)
+        if why is not None:
+            log.warning("QM9 cache %s is damaged (%s); rebuilding it from the qm9pack CSV files", path, why)
+        else:
+            log.warning("QM9 cache %s does not hold the requested molecules; rebuilding it", path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     z, pos, offsets, index, targets = _read_csv(limit, progress)
     fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=os.path.dirname(path) or ".")
@@ -94,6 +133,7 @@ def build_cache(path: str, limit: Optional[int] = None, progress: bool = True) -
             f.attrs["n_atoms"] = len(z)
             f.attrs["checksum"] = _checksum([z, pos, offsets, index, targets])
             f.attrs["complete"] = True
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -103,7 +143,7 @@ def build_cache(path: str, limit: Optional[int] = None, progress: bool = True) -
 
 def _load(path: str, expected: Optional[int]) -> Dict[str, np.ndarray]:
     """The cache's arrays; raises ValueError (or OSError) if it is incomplete, inconsistent or corrupted."""
-    import h5py
+    h5py = _h5py()
     with h5py.File(path, "r") as f:
         a = dict(f.attrs)
         if not a.get("complete", False) or a.get("version") != CACHE_VERSION:

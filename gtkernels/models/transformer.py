@@ -1,4 +1,4 @@
-"""``gtkernels.models.GeometricTransformer``: the paper's model (DESIGN.md §2) on the fused kernels."""
+"""``gtkernels.models.GeometricTransformer``: the paper's model (docs/semantics.md §2) on the fused kernels."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Tuple
@@ -91,7 +91,7 @@ class GeometricTransformer(gtkernels_py.GeometricTransformer):
             mask = z > 0
         geom = prepare_geometry(pos, mask if cu_seqlens is None else None, cu_seqlens=cu_seqlens,
                                 max_seqlen=max_seqlen, validate=self.validate)
-        # DESIGN.md §2, as gtkernels_py.GeometricTransformer.forward, with the read-out kept in the weights'
+        # docs/semantics.md §2, as gtkernels_py.GeometricTransformer.forward, with the read-out kept in the weights'
         # dtype under autocast (a bf16 read-out would round U0 residuals of ~1e5 meV to ~500 meV).
         x = self.embedding(z) + self.encoding(geom)
         for block in self.layers:

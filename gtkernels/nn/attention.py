@@ -13,7 +13,7 @@ from ._checks import check_features, check_weights_dtype
 
 
 class FusedGeometricAttention(gtkernels_py.GeometricAttention):
-    """Drop-in geometric self-attention (DESIGN.md §2) computed by the fused ops.
+    """Drop-in geometric self-attention (docs/semantics.md §2) computed by the fused ops.
 
     Args:
         d_model: model width; must be divisible by ``num_heads`` (d_k = d_model / num_heads).

@@ -18,7 +18,7 @@ def geometric_attention(q: Tensor, k: Tensor, v: Tensor, pos: Union[Tensor, Batc
                         cu_seqlens: Optional[Tensor] = None, max_seqlen: Optional[int] = None,
                         scale: Optional[float] = None, dropout_p: float = 0.0, backend: str = "auto",
                         precision: str = "ieee", validate: bool = True) -> Tensor:
-    """Fused geometric self-attention, O = (softmax(QKᵀ·scale) ⊙ ψω(1/r)²) V (DESIGN.md §2).
+    """Fused geometric self-attention, O = (softmax(QKᵀ·scale) ⊙ ψω(1/r)²) V (docs/semantics.md §2).
 
     Same arguments and result as :func:`gtkernels_py.geometric_attention`, plus:
 

@@ -15,7 +15,7 @@ def geometric_encoding(pos: Union[Tensor, BatchGeometry], phi_params: Sequence[T
                        mask: Optional[Tensor] = None, *, cu_seqlens: Optional[Tensor] = None,
                        max_seqlen: Optional[int] = None, backend: str = "auto", precision: str = "ieee",
                        validate: bool = True) -> Tensor:
-    """Fused s_i = Σ_j φ(1/r_ij) over the real atoms of i's molecule, j = i included (DESIGN.md §2).
+    """Fused s_i = Σ_j φ(1/r_ij) over the real atoms of i's molecule, j = i included (docs/semantics.md §2).
 
     Args:
         pos: ``[B, N, 3]`` with optional bool ``mask [B, N]``, or ``[T, 3]`` with int32 ``cu_seqlens [B + 1]``;

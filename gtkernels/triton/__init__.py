@@ -1,4 +1,4 @@
-"""Triton kernels of gtkernels (DESIGN.md §5), same signatures and results as ``torch.ops.gtkernels_C.*``:
+"""Triton kernels of gtkernels (docs/semantics.md §4), same signatures and results as ``torch.ops.gtkernels_C.*``:
 
     attention_fwd(q, k, v, pos, psi, seg, valid, max_atoms, scale, precision) -> (out, lse)
     attention_bwd(dout, q, k, v, pos, psi, seg, valid, max_atoms, scale, precision, out, lse)

@@ -1,4 +1,4 @@
-"""Fused geometric attention in Triton (DESIGN.md §5): forward and backward kernels and their launchers, rows
+"""Fused geometric attention in Triton (docs/semantics.md §4): forward and backward kernels and their launchers, rows
 layout of ``gtkernels::attention_fwd`` / ``attention_bwd``.
 
 Both kernels walk tiles of BM rows of one molecule (a persistent grid, :func:`.helpers.tile_rows`), loop over

@@ -1,4 +1,4 @@
-"""Geometric positional encoding in Triton (DESIGN.md §2): forward and backward kernels and their launchers,
+"""Geometric positional encoding in Triton (docs/semantics.md §2): forward and backward kernels and their launchers,
 rows layout of ``gtkernels::encoding_fwd`` / ``encoding_bwd``.
 
 s_i = Σ_j φ(rinv_ij) over the real atoms j of i's molecule, j = i included (rinv_ii = 0 adds φ(0)), with

@@ -63,7 +63,8 @@ def tile_offsets(BM: tl.constexpr, BN: tl.constexpr):
 @triton.jit
 def _group_geometry(POS, VALID, rows, cols, s1, HAS_VALID: tl.constexpr):
     """Pairs (i, j) of a [RG, BN] group of the tile, in float64: allowed (both real, i ≠ j), p_i − p_j (1 on
-    excluded pairs, so their gradient stays finite), r, rinv = 1/(r + 1e-16) (0 on excluded pairs)."""
+    excluded pairs, so their gradient stays finite), r, rinv = 1/(r + 1e-16) (0 on excluded pairs, NaN where r
+    is not finite: a NaN/Inf coordinate never gives the finite 1/Inf = 0)."""
     rok = row_ok(VALID, rows, rows < s1, HAS_VALID)
     cok = row_ok(VALID, cols, cols < s1, HAS_VALID)
     allowed = rok[:, None] & cok[None, :] & (rows[:, None] != cols[None, :])
@@ -74,7 +75,7 @@ def _group_geometry(POS, VALID, rows, cols, s1, HAS_VALID: tl.constexpr):
     dz = tl.where(allowed, tl.load(POS + rows * 3 + 2, mask=rok, other=0.0)[:, None]
                   - tl.load(POS + cols * 3 + 2, mask=cok, other=0.0)[None, :], 1.0)
     r = tl.sqrt(dx * dx + dy * dy + dz * dz)
-    rinv = tl.where(allowed, 1.0 / (r + 1e-16), 0.0)
+    rinv = tl.where(allowed, tl.where(r < float("inf"), 1.0 / (r + 1e-16), float("nan")), 0.0)
     return allowed, dx, dy, dz, r, rinv
 
 
@@ -128,7 +129,7 @@ def in_loop(offs):
 def act(z, ACT: tl.constexpr):
     """ReLU, exact (erf) GELU, or identity."""
     if ACT == RELU:
-        return tl.maximum(z, 0.0)
+        return tl.where(z < 0.0, 0.0, z)     # NaN stays NaN (tl.maximum may drop it), as torch.relu
     elif ACT == GELU:
         return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
     else:
