@@ -57,3 +57,17 @@ def _ase_missing():
 ASE_MISSING = _ase_missing()
 requires_ase = pytest.mark.skipif(ASE_MISSING is not None,
                                   reason=f"needs ase (pip install ase) to read XYZ files / as a calculator: {ASE_MISSING}")
+
+
+@pytest.fixture(scope="module")
+def private_qm9_cache(tmp_path_factory):
+    """GTKERNELS_CACHE pointed at a fresh folder for one test module (subsets only: the first N molecules are
+    converted in well under a second), then restored."""
+    path = str(tmp_path_factory.mktemp("cache"))
+    old = os.environ.get("GTKERNELS_CACHE")
+    os.environ["GTKERNELS_CACHE"] = path
+    yield path
+    if old is None:
+        del os.environ["GTKERNELS_CACHE"]
+    else:
+        os.environ["GTKERNELS_CACHE"] = old

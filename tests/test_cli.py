@@ -23,15 +23,9 @@ ENTRY = "import sys; from gtkernels.cli import main; sys.exit(main())"   # what 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("cache"))
-    old = os.environ.get("GTKERNELS_CACHE")
-    os.environ["GTKERNELS_CACHE"] = path
-    yield path
-    if old is None:
-        del os.environ["GTKERNELS_CACHE"]
-    else:
-        os.environ["GTKERNELS_CACHE"] = old
+def cache(private_qm9_cache):
+    """GTKERNELS_CACHE in a folder of this module's own (tests/conftest.py)."""
+    return private_qm9_cache
 
 
 def _console(*args, cwd=ROOT, exe=None):

@@ -11,21 +11,12 @@ import torch
 
 import gtkernels
 from helpers import attention_inputs, mlp_params, random_molecules
-from test_padding_nan import _device, _skip_reason
+from test_padding_nan import _device, backend  # noqa: F401 (the backend fixture, with its skips)
 
-BACKENDS = ("reference", "cpu", "cuda", "triton")
 SIZES = [5, 3, 4]          # molecule 1 gets the bad coordinate
 BAD = 1
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    reason = _skip_reason(request.param)
-    if reason:
-        pytest.skip(reason)
-    if request.param == "cuda" and not torch.cuda.is_available():
-        monkeypatch.setenv("GTKERNELS_CUDA_EMULATE", "1")   # the CUDA kernels' host emulation
-    return request.param
 
 
 def _inputs(layout, bad_value):

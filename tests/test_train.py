@@ -16,16 +16,9 @@ COMMON = ["--preset", "tiny", "--no-progress", "--threads", "1"]  # 1 thread: ro
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    """A private dataset cache (subsets only: the first N molecules are converted in well under a second)."""
-    path = str(tmp_path_factory.mktemp("cache"))
-    old = os.environ.get("GTKERNELS_CACHE")
-    os.environ["GTKERNELS_CACHE"] = path
-    yield path
-    if old is None:
-        del os.environ["GTKERNELS_CACHE"]
-    else:
-        os.environ["GTKERNELS_CACHE"] = old
+def cache(private_qm9_cache):
+    """GTKERNELS_CACHE in a folder of this module's own (tests/conftest.py)."""
+    return private_qm9_cache
 
 
 @pytest.fixture(scope="module")
