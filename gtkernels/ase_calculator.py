@@ -19,7 +19,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from .data.molecules import Molecule, check_domain, default_domain
-from .data.units import BY_NAME
+from .data.units import BY_NAME, MEV_PER_EV
 
 
 class GTCalculator(Calculator):
@@ -70,8 +70,8 @@ class GTCalculator(Calculator):
         mask = torch.ones_like(zt, dtype=torch.bool)
         if "forces" in properties:
             e, f = self.model.forces(zt, post, mask)
-            self.results["forces"] = f[0].detach().double().cpu().numpy() / 1000.0   # meV/Å → eV/Å
+            self.results["forces"] = f[0].detach().double().cpu().numpy() / MEV_PER_EV   # meV/Å → eV/Å
         else:
             with torch.no_grad():
                 e = self.model(zt, post, mask)
-        self.results["energy"] = float(e[0].detach().double()) / 1000.0                       # meV → eV
+        self.results["energy"] = float(e[0].detach().double()) / MEV_PER_EV                     # meV → eV

@@ -13,7 +13,6 @@ import torch
 
 from .data.molecules import MoleculeFileError, read_xyz
 from .data.qm9 import QM9, load_split
-from .data.units import atomref
 
 
 def _device(name: str) -> torch.device:
@@ -141,7 +140,6 @@ def predict(run_dir: str, path: str, which: str = "best", device: str = "auto",
             f"{' (auto)' if model.backend == 'auto' else ''}, device {dev}, dtype {str(dtype).replace('torch.', '')} "
             f"(read-out float64), {torch.get_num_threads()} thread(s)")
     out: List[float] = []
-    ref = atomref(config["target"])
     bar = tqdm(total=len(mols), unit="mol", desc="predict", mininterval=0.5,
                disable=(len(mols) <= chunk or None) if progress is None else not progress)
     with torch.no_grad(), bar:
@@ -149,10 +147,10 @@ def predict(run_dir: str, path: str, which: str = "best", device: str = "auto",
             part = mols[i:i + chunk]
             z, pos, cu = pack(part, torch.float64)   # float64 positions: distances in float64 in the ops
             try:
-                res = model(z.to(dev), pos.to(dev), cu_seqlens=cu.to(dev), include_atomref=False)
+                res = model(z.to(dev), pos.to(dev), cu_seqlens=cu.to(dev))   # Σ atomref included, in float64
             except ValueError as exc:
                 raise ValueError(f"{path}, molecules {i + 1}..{i + len(part)}: {exc}") from exc
-            out += [float(r) + float(ref[m.z].sum()) for r, m in zip(res.double().cpu(), part)]
+            out += res.double().cpu().tolist()
             bar.update(len(part))
     return out
 

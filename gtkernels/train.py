@@ -299,13 +299,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _number(kind, minimum, text: str, what: str):
+def _number(kind, minimum, text: str, what: str, strict: bool = False, shown: Optional[str] = None):
+    """``kind(text)``, at least ``minimum`` (above it when ``strict``; floats finite), else argparse's error
+    ``what, got SHOWN`` (``shown``: the option's whole value, default ``text``)."""
+    shown = text if shown is None else shown
     try:
         value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{what}, got {text!r}") from None
-    if not (value >= minimum) or (kind is float and not math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"{what}, got {shown!r}") from None
+    if not (value > minimum if strict else value >= minimum) or (kind is float and not math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{what}, got {shown!r}")
     return value
 
 
@@ -318,10 +321,7 @@ def non_negative_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    value = _number(float, 0.0, text, "must be a number > 0")
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
+    return _number(float, 0.0, text, "must be a number > 0", strict=True)
 
 
 def non_negative_float(text: str) -> float:
@@ -334,18 +334,8 @@ def eval_every(text: str) -> Tuple[int, float]:
     what = "must be a number of steps (400), of seconds (30s) or of minutes (2min)"
     for suffix, factor in (("min", 60.0), ("s", 1.0)):
         if t.endswith(suffix):
-            return 0, positive_float_or(t[:-len(suffix)], what, text) * factor
-    return _number(int, 0, t, what), 0.0
-
-
-def positive_float_or(t: str, what: str, text: str) -> float:
-    try:
-        value = float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what}, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
-    return value
+            return 0, _number(float, 0.0, t[:-len(suffix)], what, strict=True, shown=text) * factor
+    return _number(int, 0, t, what, shown=text), 0.0
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser, backend_default: Optional[str] = "auto") -> None:

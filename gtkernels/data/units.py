@@ -11,7 +11,8 @@ from typing import Dict, NamedTuple
 import numpy as np
 
 HARTREE_TO_MEV = 27211.386
-HARTREE_TO_EV = HARTREE_TO_MEV / 1000.0
+MEV_PER_EV = 1000.0
+HARTREE_TO_EV = HARTREE_TO_MEV / MEV_PER_EV
 
 
 class Target(NamedTuple):
@@ -64,9 +65,10 @@ ASE_BOHR = 0.5291772105638411       # Å per bohr
 SCHNETPACK_V1 = {
     "mu": ("e*Angstrom", 1.0 / ASE_DEBYE),
     "alpha": ("Angstrom^3", 1.0 / ASE_BOHR**3),
-    "homo": ("eV", 1000.0), "lumo": ("eV", 1000.0), "gap": ("eV", 1000.0),
+    "homo": ("eV", MEV_PER_EV), "lumo": ("eV", MEV_PER_EV), "gap": ("eV", MEV_PER_EV),
     "r2": ("Angstrom^2", 1.0 / ASE_BOHR**2),
-    "zpve": ("eV", 1000.0), "U0": ("eV", 1000.0), "U": ("eV", 1000.0), "H": ("eV", 1000.0), "G": ("eV", 1000.0),
+    "zpve": ("eV", MEV_PER_EV), "U0": ("eV", MEV_PER_EV), "U": ("eV", MEV_PER_EV), "H": ("eV", MEV_PER_EV),
+    "G": ("eV", MEV_PER_EV),
     "Cv": ("cal/mol/K", 1.0),
 }
 
