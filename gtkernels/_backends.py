@@ -18,6 +18,8 @@ from typing import List, Optional
 
 import torch
 
+from .contract import BACKEND_DTYPES, MAX_MLP_LAYERS, MAX_MLP_WIDTH
+
 _EXTENSION_ERROR: Optional[BaseException] = None
 try:  # the compiled extension registers torch.ops.gtkernels_C.*
     from . import _C  # noqa: F401
@@ -27,12 +29,9 @@ except ImportError as exc:  # pragma: no cover - exercised only on machines with
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
 #: Float32 matmul precision of the GPU backends: "ieee" (exact, the default) or "tf32" (TF32 tensor cores).
 PRECISIONS = ("ieee", "tf32")
-CPU_DTYPES = (torch.float32, torch.float64)
-#: dtypes of the triton backend on CUDA (float16/bfloat16 accumulate in float32); the interpreter (CPU) runs
-#: float32 and float64 only.
-TRITON_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-#: dtypes of the cuda backend (float16/bfloat16 computed in float32), also under the host emulation.
-CUDA_DTYPES = TRITON_DTYPES
+CPU_DTYPES = BACKEND_DTYPES["cpu"]
+TRITON_DTYPES = BACKEND_DTYPES["triton"]
+CUDA_DTYPES = BACKEND_DTYPES["cuda"]
 
 
 def extension_available() -> bool:
@@ -81,9 +80,6 @@ def backends() -> List[str]:
         names.append("cuda")
     return names
 
-
-#: Limits of the compiled kernels' MLPs (csrc/pair_math.h kMaxWidth, kMaxLayers).
-MAX_MLP_WIDTH, MAX_MLP_LAYERS = 128, 5
 
 
 def mlp_fits_kernels(params) -> bool:

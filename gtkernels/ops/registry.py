@@ -24,6 +24,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..contract import lse_dtype
+
 
 class _EmulatedCuda:
     """The CUDA kernels' program bodies run on the host (csrc/cpu/cuda_emulation.cpp), for CPU tensors."""
@@ -55,9 +57,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor
 
 @attention_fwd.register_fake
 def _(q, k, v, pos, psi, seg, valid, max_atoms, scale, precision, backend):
-    # lse: float64 for float64 inputs, float32 otherwise (float16/bfloat16 accumulate in float32)
-    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float64 if q.dtype == torch.float64
-                                            else torch.float32)
+    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=lse_dtype(q.dtype))
 
 
 @torch.library.custom_op("gtkernels::attention_bwd", mutates_args=())
