@@ -23,7 +23,7 @@ DEMO_ARGS   ?= --target U0 --batch-size 32 --lr 5e-4 --eval-every 30s --max-val 
 DEMO_RUN    ?= build/demo-run
 SOURCES    := setup.py $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: demo kernel-demo test build bench cuda-check triton-check clean
+.PHONY: demo kernel-demo test lint build bench cuda-check triton-check clean
 
 # A real short training on QM9 (small preset on CPU, the paper's configuration on a GPU), then the test MAE,
 # parity plot and learning curve. The kernel-level comparison demo is `make kernel-demo`.
@@ -42,6 +42,10 @@ OMP_ENV := $(if $(OMP_WAIT_POLICY)$(GOMP_SPINCOUNT)$(filter keep,$(GTKERNELS_OMP
 test: build
 	$(OMP_ENV) $(PY) -m pytest tests -q
 	$(OMP_ENV) $(PY) -m pytest benchmarks -q --benchmark-disable -k smoke
+
+# ruff (pyflakes + pycodestyle, configured in pyproject.toml) over the whole tree.
+lint: $(VENV)/.deps
+	$(PY) -m ruff check .
 
 # nvcc -c of csrc/cuda/*.cu for sm_80 and sm_90 with register/spill report, and a syntax check of the torch
 # glue; needs no GPU (skipped when nvcc is missing).

@@ -29,7 +29,8 @@ COLORS = {"cpu": "tab:green", "triton": "tab:olive", "cuda": "tab:cyan", "refere
 MEM_FLOOR_MIB = 0.01
 MEMORY_TEXT = {"rss-hwm": "the process's resident-set high-water mark (VmHWM) minus the resident set before the call",
                "profiler": "the running sum of torch's allocation events (torch.profiler)",
-               "cuda-max-allocated": "torch.cuda.max_memory_allocated minus the allocated memory before the call"}  # log plots: a fused kernel's peak can be ~0 MiB of torch allocations
+               "cuda-max-allocated": "torch.cuda.max_memory_allocated minus the allocated memory before the call"}
+# (memory plots are log-scale: a fused kernel's peak can be ~0 MiB of torch allocations)
 
 
 class Row(dict):
@@ -151,7 +152,8 @@ def best_fused(rows: List[Row]) -> Optional[Row]:
 
 def summary_table(groups: Dict[str, List[Row]]) -> List[str]:
     """One row per group: the fastest gtkernels fused backend against each alternative (time ratios, >1 = faster)."""
-    lines = ["| group | fused | median | vs reference | vs compile | vs flex | vs sdpa (no gate) | memory vs reference |",
+    lines = ["| group | fused | median | vs reference | vs compile | vs flex | vs sdpa (no gate) "
+             "| memory vs reference |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, rows in sorted(groups.items(), key=lambda kv: _group_key(kv[1])):
         f = best_fused(rows)
@@ -267,7 +269,8 @@ def render(data: dict, rows: List[Row], title: str, plots: List[str], json_name:
     out += [f"- **Device:** {meta.get('device', cpu.get('brand_raw', '?'))} ({meta.get('device_type', '?')})",
             f"- **Software:** torch {meta.get('torch', '?')}, triton {meta.get('triton', '?')}, "
             + (f"CUDA {meta['cuda']}, " if meta.get("cuda") not in (None, "none") else "") +
-            f"gtkernels {meta.get('gtkernels', '?')} at commit {meta.get('commit', data.get('commit_info', {}).get('id', '?'))}, "
+            f"gtkernels {meta.get('gtkernels', '?')} at commit "
+            f"{meta.get('commit', data.get('commit_info', {}).get('id', '?'))}, "
             f"Python {data.get('machine_info', {}).get('python_version', '?')}",
             f"- **Date:** {meta.get('date', data.get('datetime', '?'))}",
             f"- **Command:** `{meta.get('command', 'pytest benchmarks/')}`, then "

@@ -99,7 +99,8 @@ def test_train_step(benchmark, shape, preset, label):
 
     name, want = oracle(preset, shape) if label != "reference" else (label, None)
     cfg = PRESETS[preset]
-    mlp = cfg["num_layers"] * mlp_flops(model.layers[0].attn.transform_dist.params()) + mlp_flops(model.encoding.params())
+    mlp = (cfg["num_layers"] * mlp_flops(model.layers[0].attn.transform_dist.params())
+           + mlp_flops(model.encoding.params()))
     info = dict(op="train_step", label=label, backend=label, mode="train", preset=preset, heads=cfg["num_heads"],
                 d_k=cfg["d_model"] // cfg["num_heads"], layers=cfg["num_layers"], d_model=cfg["d_model"],
                 **batch.info(), psi_flops=3 * batch.pairs * mlp)  # ψω of every block + φ, forward and backward

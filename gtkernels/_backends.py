@@ -6,8 +6,9 @@ interpreter, ``TRITON_INTERPRET=1`` set before triton is imported) and ``cuda`` 
 ``gtkernels._C`` when it was built with CUDA: CUDA tensors, or CPU tensors through the host emulation of the
 same kernel code when ``GTKERNELS_CUDA_EMULATE=1``). ``auto`` picks the fastest one that can run the request:
 ``cpu`` for CPU tensors; for CUDA tensors ``triton``, else ``cuda`` (neither has been timed on a GPU yet, so
-the order is provisional); ``reference`` where none can run it. A backend that cannot run a request raises an error naming one that would; it never
-silently substitutes. triton is imported lazily (it is slow to import and optional).
+the order is provisional); ``reference`` where none can run it. A backend that cannot run a request raises an
+error naming one that would; it never silently substitutes.
+triton is imported lazily (it is slow to import and optional).
 """
 from __future__ import annotations
 

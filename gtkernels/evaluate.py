@@ -164,7 +164,8 @@ def main_evaluate(argv=None) -> Dict[str, float]:
     p.add_argument("run_dir", help="folder of a `gtkernels train` run")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--split", default="test", choices=["test", "val"])
-    p.add_argument("--cache", default=None, help="dataset cache folder (default $GTKERNELS_CACHE or ~/.cache/gtkernels)")
+    p.add_argument("--cache", default=None,
+                   help="dataset cache folder (default $GTKERNELS_CACHE or ~/.cache/gtkernels)")
     add_runtime_arguments(p, backend_default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
@@ -176,7 +177,8 @@ def main_evaluate(argv=None) -> Dict[str, float]:
         check_backend(a.backend, dev)
     r = evaluate(a.run_dir, a.checkpoint, a.cache, a.device, a.backend, split_name=a.split,
                  progress=not a.no_progress, verbose=True)
-    print(f"{r['split']} MAE {r['target']}: {r['mae']:.5g} {r['unit']}  ({r['n']} molecules, {a.checkpoint} checkpoint)")
+    print(f"{r['split']} MAE {r['target']}: {r['mae']:.5g} {r['unit']}  "
+          f"({r['n']} molecules, {a.checkpoint} checkpoint)")
     print(f"parity plot: {r['parity_plot']}\nlearning curve: {r['learning_curve']}")
     return r
 

@@ -608,7 +608,7 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
         torch.distributed.broadcast_object_list(names, src=0)
         run_dir = names[0]
     amp = config["amp"]
-    target, unit = config["target"], config["unit"]
+    target = config["target"]
     if args.amp and not amp:
         say("note: --amp is bf16 autocast on GPU only; training in float32 on CPU", file=sys.stderr)
     say(runtime_summary(device, config["backend"], torch.float32, amp, world), flush=True)
@@ -661,7 +661,8 @@ def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, mode
     amp = config["amp"]
     net = model
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=config["factor"],
                                                        patience=config["patience"], min_lr=config["min_lr"])

@@ -56,7 +56,8 @@ def _ase_missing():
 
 ASE_MISSING = _ase_missing()
 requires_ase = pytest.mark.skipif(ASE_MISSING is not None,
-                                  reason=f"needs ase (pip install ase) to read XYZ files / as a calculator: {ASE_MISSING}")
+                                  reason="needs ase (pip install ase) to read XYZ files / as a calculator: "
+                                         f"{ASE_MISSING}")
 
 
 @pytest.fixture(scope="module")

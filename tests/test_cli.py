@@ -298,7 +298,8 @@ def test_evaluate_val_split_names_its_plots(tiny_run, capsys, monkeypatch):
     import matplotlib.axes
     titles = []
     real = matplotlib.axes.Axes.set_title
-    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, t, *a, **k: (titles.append(t), real(self, t, *a, **k))[1])
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda self, t, *a, **k: (titles.append(t), real(self, t, *a, **k))[1])
     run, _ = tiny_run
     rv = cli.run(["evaluate", run, "--split", "val", "--no-progress"])
     rt = cli.run(["evaluate", run, "--no-progress"])

@@ -146,7 +146,7 @@ def test_ase_calculator():
                                     [0.63, -0.63, -0.63]])
     atoms.calc = GTCalculator(m)
     e, f = atoms.get_potential_energy(), atoms.get_forces()
-    z, pos, mask = torch.tensor([[6, 1, 1, 1, 1]]), torch.tensor(atoms.positions)[None], None
+    z, pos = torch.tensor([[6, 1, 1, 1, 1]]), torch.tensor(atoms.positions)[None]
     e_ref, f_ref = m.eval().forces(z, pos)
     assert e == pytest.approx(float(e_ref[0].detach()) / 1000, rel=1e-12)
     assert abs(f - f_ref[0].numpy() / 1000).max() < 1e-12

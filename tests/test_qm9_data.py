@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gtkernels.data import (QM9, MoleculeFileError, batch_vector, cu_seqlens_from_batch, make_batches,
-                            make_split, merge_pairs, pack, pad, padding_overhead, read_xyz)
+                            make_split, merge_pairs, pack, padding_overhead, read_xyz)
 from gtkernels.data.qm9 import cache_path
 from gtkernels.data.units import HARTREE_TO_MEV, atomref
 from conftest import requires_ase, requires_qm9pack

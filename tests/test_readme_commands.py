@@ -82,7 +82,8 @@ def _makefile_targets():
 def _shims(folder):
     """``gtkernels`` (the console script's entry point) and ``torchrun`` for this interpreter, in ``folder``."""
     os.makedirs(folder)
-    for name, body in (("gtkernels", "from gtkernels.cli import main"), ("torchrun", "from torch.distributed.run import main")):
+    for name, body in (("gtkernels", "from gtkernels.cli import main"),
+                       ("torchrun", "from torch.distributed.run import main")):
         path = os.path.join(folder, name)
         with open(path, "w") as fh:
             fh.write(f"#!{sys.executable}\nimport sys\n{body}\nsys.exit(main())\n")

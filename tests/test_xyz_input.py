@@ -79,7 +79,8 @@ def test_other_file_errors_count_molecules_from_1(tmp_path):
 def test_periodic_frame_is_an_error(tmp_path):
     cell = 'Lattice="10 0 0 0 10 0 0 0 10" Properties=species:S:1:pos:R:3'
     path = _write(tmp_path, WATER + WATER.replace("water", cell))
-    with pytest.raises(MoleculeFileError, match=r"in\.xyz, molecule 2 \(line 6\): periodic \(pbc=\[True, True, True\]\)"):
+    with pytest.raises(MoleculeFileError,
+                       match=r"in\.xyz, molecule 2 \(line 6\): periodic \(pbc=\[True, True, True\]\)"):
         read_xyz(path)
     # the same cell with pbc switched off is a finite molecule
     read_xyz(_write(tmp_path, WATER.replace("water", cell + ' pbc="F F F"'), "open.xyz"))

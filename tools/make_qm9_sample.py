@@ -1,7 +1,8 @@
 """Make (or check) the committed QM9 sample tests/data/qm9_sample.npz and its provenance file.
 
     python tools/make_qm9_sample.py            # rewrite tests/data/qm9_sample.npz + qm9_sample.provenance.json
-    python tools/make_qm9_sample.py --check    # rebuild in memory, compare with the committed file (exit 1 if not equal)
+    python tools/make_qm9_sample.py --check    # rebuild in memory, compare with the committed file
+                                               # (exit 1 if not equal)
 
 Needs the PyPI package ``qm9pack`` installed (it ships QM9 as CSV). Its data folder is found from the installed
 distribution (``importlib.util.find_spec``, which does not run the package: ``import qm9pack`` itself needs

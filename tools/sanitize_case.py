@@ -95,7 +95,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default="triton,cuda", help="comma-separated: triton, cuda (default: both)")
     args = ap.parse_args(argv)
     dev = torch.device("cuda" if GPU else "cpu")
-    print(f"sanitize case on {torch.cuda.get_device_name(0) if GPU else 'CPU (triton interpreter, cuda host emulation)'}")
+    where = torch.cuda.get_device_name(0) if GPU else "CPU (triton interpreter, cuda host emulation)"
+    print(f"sanitize case on {where}")
     results, failed = {}, []
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         why = unavailable(backend)

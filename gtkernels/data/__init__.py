@@ -9,6 +9,7 @@ from .qm9_sample import QM9Sample, qm9_sample
 from .qm9pack_csv import Molecule, iter_molecules, load_molecules, sample_molecules
 
 __all__ = ["Molecule", "iter_molecules", "load_molecules", "sample_molecules", "pad", "pack", "batch_vector",
-           "cu_seqlens_from_batch", "make_batches", "packed_to_padded", "padding_overhead", "QM9", "cache_dir", "make_split",
+           "cu_seqlens_from_batch", "make_batches", "packed_to_padded", "padding_overhead", "QM9", "cache_dir",
+           "make_split",
            "save_split", "load_split", "merge_pairs", "read_xyz", "from_arrays", "MoleculeFileError", "QM9Sample",
            "qm9_sample"]

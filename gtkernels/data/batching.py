@@ -81,8 +81,10 @@ def padding_overhead(sizes: np.ndarray, batches) -> dict:
         s = np.asarray(sizes)[b].astype(np.int64)
         if not len(s):
             continue
-        real_a += s.sum(); real_p += (s * s).sum()
-        pad_a += len(s) * s.max(); pad_p += len(s) * s.max() ** 2
+        real_a += s.sum()
+        real_p += (s * s).sum()
+        pad_a += len(s) * s.max()
+        pad_p += len(s) * s.max() ** 2
     return {"padded_atoms": pad_a / max(real_a, 1) - 1.0, "padded_pairs": pad_p / max(real_p, 1) - 1.0, "packed": 0.0}
 
 

@@ -51,7 +51,8 @@ def _check_xyz(path: str) -> List[int]:
             if n < 1 or len(lines[i].split()) != 1:
                 raise ValueError
         except ValueError:
-            raise MoleculeFileError(f"{path}, line {i + 1} {mol}: expected the number of atoms, got {lines[i]!r}") from None
+            raise MoleculeFileError(f"{path}, line {i + 1} {mol}: expected the number of atoms, "
+                                    f"got {lines[i]!r}") from None
         for k in range(n):
             ln = i + 2 + k
             if ln >= len(lines):
@@ -62,18 +63,19 @@ def _check_xyz(path: str) -> List[int]:
             sym = parts[0]
             if sym.isdigit():
                 hint = f" (write {SYMBOLS[int(sym)]!r} for Z={int(sym)})" if int(sym) in SYMBOLS else ""
-                raise MoleculeFileError(f"{path}, line {ln + 1} {mol}: the element must be a symbol such as 'C', got the "
-                                        f"number {sym!r}{hint}")
+                raise MoleculeFileError(f"{path}, line {ln + 1} {mol}: the element must be a symbol such as 'C', "
+                                        f"got the number {sym!r}{hint}")
             if sym == "X":
                 raise MoleculeFileError(f"{path}, line {ln + 1} {mol}: 'X' is ASE's dummy atom, not an element; "
                                         "write the element's symbol or delete the line (and lower the atom count)")
             if sym not in ATOMIC_NUMBERS:
-                raise MoleculeFileError(f"{path}, line {ln + 1} {mol}: unknown element {sym!r} (symbols are case-sensitive, "
-                                        "e.g. 'Cl')")
+                raise MoleculeFileError(f"{path}, line {ln + 1} {mol}: unknown element {sym!r} "
+                                        "(symbols are case-sensitive, e.g. 'Cl')")
             try:
                 xyz = [float(x) for x in parts[1:4]]
             except ValueError:
-                raise MoleculeFileError(f"{path}, line {ln + 1} {mol}: coordinates are not numbers: {lines[ln]!r}") from None
+                raise MoleculeFileError(f"{path}, line {ln + 1} {mol}: coordinates are not numbers: "
+                                        f"{lines[ln]!r}") from None
             if not all(np.isfinite(xyz)):
                 raise MoleculeFileError(f"{path}, line {ln + 1} {mol}: coordinates must be finite numbers (Å), got "
                                         f"{' '.join(parts[1:4])}")
@@ -111,7 +113,8 @@ def read_xyz(path: str) -> List[Molecule]:
 
 
 def _checked(z, pos, where: str, first_atom_line: Optional[int] = None) -> Molecule:
-    """``Molecule`` of ``z``, ``pos`` after the value checks (finite, no duplicated atoms); errors start with ``where``."""
+    """``Molecule`` of ``z``, ``pos`` after the value checks (finite, no duplicated atoms); errors start with
+    ``where``."""
     z = np.asarray(z)
     pos = np.asarray(pos, dtype=np.float64)
     if z.ndim != 1 or pos.shape != (len(z), 3):

@@ -260,20 +260,6 @@ class QM9(MoleculeDataset):
         a, b = self.offsets[i], self.offsets[i + 1]
         return Molecule(int(self.index[i]), self.z[a:b], self.pos[a:b].astype(np.float64))
 
-    def padded_arrays(self):
-        """``(z uint8 [M, 29], pos float32 [M, 29, 3])``, zero-padded; built once and cached on the object."""
-        if not hasattr(self, "_padded"):
-            m = len(self)
-            n = int(self.n_atoms.max()) if m else 0
-            slot = np.arange(len(self.z)) - np.repeat(self.offsets[:-1], self.n_atoms)
-            mol = np.repeat(np.arange(m), self.n_atoms)
-            z = np.zeros((m, n), np.uint8)
-            pos = np.zeros((m, n, 3), np.float32)
-            z[mol, slot] = self.z
-            pos[mol, slot] = self.pos
-            self._padded = (z, pos)
-        return self._padded
-
 
 # ---------------------------------------------------------------------------------------------- splits
 def make_split(n: int, seed: int = 0, n_train: int = 110_000, n_val: int = 10_000) -> Dict[str, np.ndarray]:

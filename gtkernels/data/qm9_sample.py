@@ -82,7 +82,8 @@ class QM9Sample:
         return Molecule(int(self.index[i]), self.z[a:b], self.pos[a:b])
 
     def molecules(self, group: Optional[str] = None) -> List[Molecule]:
-        """Every molecule (ascending QM9 row), or those of ``group`` (``random``, ``head``, ``largest``), in row order."""
+        """Every molecule (ascending QM9 row), or those of ``group`` (``random``, ``head``, ``largest``), in row
+        order."""
         if group is None:
             return [self.molecule(i) for i in range(len(self))]
         if group not in self.groups:

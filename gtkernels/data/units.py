@@ -12,7 +12,6 @@ import numpy as np
 
 HARTREE_TO_MEV = 27211.386
 MEV_PER_EV = 1000.0
-HARTREE_TO_EV = HARTREE_TO_MEV / MEV_PER_EV
 
 
 class Target(NamedTuple):

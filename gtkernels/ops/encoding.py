@@ -7,7 +7,8 @@ from torch import Tensor
 
 import gtkernels_py
 from .._backends import check_precision, mlp_fits_kernels, resolve_backend
-from . import registry, validation as V
+from . import registry
+from .validation import check_mlp_params, check_positions
 from .geometry import BatchGeometry, as_geometry
 
 
@@ -29,8 +30,8 @@ def geometric_encoding(pos: Union[Tensor, BatchGeometry], phi_params: Sequence[T
     if not isinstance(phi_params, (list, tuple)) or not phi_params or not isinstance(phi_params[0], Tensor):
         raise TypeError("phi_params must be a list [W0, b0, ...] of tensors")
     geom = as_geometry(pos, mask, cu_seqlens, max_seqlen, validate)
-    V.check_positions(geom.positions, "phi_params[0]", phi_params[0])
-    V.check_mlp_params("phi_params", phi_params, "phi_params[0]", phi_params[0])
+    check_positions(geom.positions, "phi_params[0]", phi_params[0])
+    check_mlp_params("phi_params", phi_params, "phi_params[0]", phi_params[0])
     check_precision(precision)
 
     backend = resolve_backend(backend, geom.device, phi_params[0].dtype, mlp_ok=mlp_fits_kernels(phi_params))
