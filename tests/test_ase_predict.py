@@ -1,6 +1,6 @@
-"""Energies to full precision (issue 11 item 1): GTCalculator and `gtkernels predict`, float32 network with a
-float64 read-out; forces consistent with those energies; the predict CLI's options (item 18); out-of-domain and
-periodic Atoms (item 13)."""
+"""Energies to full precision: GTCalculator and `gtkernels predict`, float32 network with a
+float64 read-out; forces consistent with those energies; the predict CLI's options; out-of-domain and
+periodic Atoms."""
 import copy
 import re
 import warnings

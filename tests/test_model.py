@@ -87,7 +87,7 @@ def test_float32_and_position_cast(backend):
     m, r = _pair(backend, torch.float32)
     z, pos, mask = pad(qm9_molecules(4), torch.float64)
     out = m(*_to(_device(backend), z, pos, mask))  # float64 positions pass through to the ops (distances in float64)
-    # float32 network, float64 read-out (·std + mean + atomref and the molecule sum: issue 11 item 1)
+    # float32 network, float64 read-out (·std + mean + atomref and the molecule sum)
     assert out.dtype == torch.float64 and out.device.type == _device(backend).type
     assert rel_err(out.cpu(), r(z, pos.float(), mask)) < 1e-5
 

@@ -1,4 +1,4 @@
-"""PyG conventions (issue 11 item 19): model(data) / model(batch) for torch_geometric Data/Batch look-alikes
+"""PyG conventions: model(data) / model(batch) for torch_geometric Data/Batch look-alikes
 (duck-typed .z, .pos, .batch), forces with a batch vector, QM9 as a torch.utils.data.Dataset."""
 import importlib.util
 from types import SimpleNamespace

@@ -121,7 +121,7 @@ def test_predict_and_errors(trained, tmp_path, capsys):
         cli(["predict", run, str(bad)])
     err = capsys.readouterr().err
     assert "bad.xyz, line 4" in err
-    # an element the training set did not have is predicted with a warning (issue 11 item 13), from the
+    # an element the training set did not have is predicted with a warning, from the
     # training domain that train stored in config.json
     import json
     with open(os.path.join(run, "config.json")) as fh:

@@ -1,6 +1,5 @@
-"""XYZ input errors name the file, the molecule (counted from 1) and the line, and say what to fix (issue 11
-item 10); out-of-domain molecules are predicted with a warning saying what and by how much, periodic frames are
-an error (item 13)."""
+"""XYZ input errors name the file, the molecule (counted from 1) and the line, and say what to fix;
+out-of-domain molecules are predicted with a warning saying what and by how much, periodic frames are an error."""
 import warnings
 
 import numpy as np
