@@ -3,8 +3,9 @@
 Plain eager PyTorch, no optimisation: the test oracle, the benchmark baseline, and the fallback backend.
 """
 from .functional import geometric_attention, geometric_encoding, inverse_distances, phi, psi
-from .modules import (EncoderBlock, GEGLU, GeometricAttention, GeometricEncoding, GeometricTransformer,
-                      PsiMLP)
+from .modules import (EncoderBlock, GEGLU, GeometricAttention, GeometricEncoding, GeometricInnerAttention,
+                      GeometricTransformer, PsiMLP)
 
 __all__ = ["geometric_attention", "geometric_encoding", "inverse_distances", "psi", "phi", "PsiMLP",
-           "GeometricAttention", "GeometricEncoding", "GEGLU", "EncoderBlock", "GeometricTransformer"]
+           "GeometricInnerAttention", "GeometricAttention", "GeometricEncoding", "GEGLU", "EncoderBlock",
+           "GeometricTransformer"]

@@ -1,4 +1,9 @@
-"""``gtkernels.models.GeometricTransformer``: the paper's model (docs/semantics.md §2) on the fused kernels."""
+"""``gtkernels.models.GeometricTransformer``: the paper's model (docs/semantics.md §2) on the fused kernels.
+
+The architecture is :class:`gtkernels_py.GeometricTransformer`'s; this model builds it with the fused layers
+(:class:`gtkernels.FusedGeometricAttention`, :class:`gtkernels.nn.GeometricEncoding`), checks its inputs, and
+prepares the batch geometry once per forward for every layer.
+"""
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Tuple
@@ -24,12 +29,18 @@ PRESETS = {
 
 
 class FusedEncoderBlock(EncoderBlock):
-    """Pre-LN encoder block whose attention is :class:`gtkernels.FusedGeometricAttention`."""
-    attention_cls = FusedGeometricAttention
+    """:class:`gtkernels_py.EncoderBlock` whose attention is :class:`gtkernels.FusedGeometricAttention`."""
+
+    def __init__(self, d_model: int, num_heads: int, psi_hidden: int = 50, psi_layers: int = 2,
+                 dropout: float = 0.0, **attn_kwargs):
+        super().__init__(d_model, num_heads, psi_hidden, psi_layers, dropout, attention=FusedGeometricAttention,
+                         **attn_kwargs)
 
 
 class GeometricTransformer(gtkernels_py.GeometricTransformer):
-    """The Geometric Transformer on the fused kernels; same state-dict names as :class:`gtkernels_py.GeometricTransformer`.
+    """The Geometric Transformer on the fused kernels: :class:`gtkernels_py.GeometricTransformer` built with
+    :class:`gtkernels.FusedGeometricAttention` and the fused :class:`gtkernels.nn.GeometricEncoding` (same
+    architecture, same state-dict names).
 
     Args:
         preset: ``"paper"`` (default: 10 blocks, d_model 512, 256 heads), ``"base"``, ``"small"``, ``"tiny"``;
@@ -51,20 +62,18 @@ class GeometricTransformer(gtkernels_py.GeometricTransformer):
     ``pos [T, 3]`` and (for several molecules) a sorted ``batch [T]`` (duck-typed: PyG need not be installed;
     without ``batch`` it is one molecule). Returns float64 ``[B]`` (the read-out sums in float64,
     :meth:`gtkernels_py.GeometricTransformer.readout`). The batch geometry (:func:`gtkernels.prepare_geometry`)
-    is made once per forward and shared
-    by every layer; with ``validate=False`` the forward and backward make no host synchronisation.
+    is made once per forward and shared by every layer; with ``validate=False`` the forward and backward make no
+    host synchronisation.
     ``include_atomref=False`` leaves out Σ atomref (the trainer adds it in float64 to keep precision).
     """
-
-    block_cls = FusedEncoderBlock
-    encoding_cls = GeometricEncoding
 
     def __init__(self, preset: str = "paper", *, backend: str = "auto", validate: bool = True,
                  precision: str = "ieee", target: Optional[str] = None, **kwargs):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         cfg = {**PRESETS[preset], **kwargs}
-        super().__init__(**cfg, backend=backend, validate=False, precision=precision)
+        super().__init__(**cfg, attention=FusedGeometricAttention, encoding=GeometricEncoding, backend=backend,
+                         validate=False, precision=precision)
         self.config = {"preset": preset, **cfg, "backend": backend, "precision": precision, "target": target}
         self.config.pop("atomref", None)
         self.config.pop("mean", None)
@@ -91,15 +100,7 @@ class GeometricTransformer(gtkernels_py.GeometricTransformer):
             mask = z > 0
         geom = prepare_geometry(pos, mask if cu_seqlens is None else None, cu_seqlens=cu_seqlens,
                                 max_seqlen=max_seqlen, validate=self.validate)
-        # docs/semantics.md §2, as gtkernels_py.GeometricTransformer.forward, with the read-out kept in the weights'
-        # dtype under autocast (a bf16 read-out would round U0 residuals of ~1e5 meV to ~500 meV).
-        x = self.embedding(z) + self.encoding(geom)
-        for block in self.layers:
-            x = block(x, geom)
-        with torch.autocast(x.device.type, enabled=False):
-            h = self.head(self.norm(x.to(self.head.weight.dtype))).squeeze(-1)
-            # ·std + mean + atomref and the molecule sum in float64 (gtkernels_py.GeometricTransformer.readout)
-            return self.readout(h, z, mask, cu_seqlens, include_atomref)
+        return self.network(z, dict(pos=geom), mask, cu_seqlens, include_atomref)
 
     def forward_batch(self, z: Tensor, pos: Tensor, batch: Tensor, **kwargs) -> Tensor:
         """PyG-style input: ``z [T]``, ``pos [T, 3]``, sorted ``batch [T]`` (molecule id of each atom)."""
