@@ -1,4 +1,7 @@
-"""gtkernels sets a short OpenMP spin (GOMP_SPINCOUNT) before torch loads libgomp, unless the user chose a
+"""What only the cpu backend has: its OpenMP threads. (The cases every backend shares are in
+tests/test_backend_conformance.py.)
+
+gtkernels sets a short OpenMP spin (GOMP_SPINCOUNT) before torch loads libgomp, unless the user chose a
 policy or torch came first: spinning barriers made 2 threads on a loaded machine ~40x slower
 (benchmarks/results/oversubscription-cpu.md)."""
 import os
