@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 import gtkernels
-import gtkernels_py as R
+import gtkernels_py
 from conftest import requires_extension
 from gtkernels.ops import registry
 from gtkernels.ops.layout import packed_segments, padded_segments, padded_to_rows
@@ -103,7 +103,7 @@ def test_reference_backend_equals_gtkernels_py():
     q, k, v, pos, mask, _ = attention_inputs(mols, 2, 2)
     psi = mlp_params([5])
     torch.testing.assert_close(gtkernels.geometric_attention(q, k, v, pos, psi, mask, backend="reference"),
-                               R.geometric_attention(q, k, v, pos, psi, mask), rtol=0, atol=0)
+                               gtkernels_py.geometric_attention(q, k, v, pos, psi, mask), rtol=0, atol=0)
 
 
 def test_import_without_extension_falls_back_to_reference():
