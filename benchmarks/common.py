@@ -324,6 +324,30 @@ def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, rtol: float =
     return err
 
 
+_ORACLE: Dict[tuple, tuple] = {}
+
+
+def oracle(case: tuple, estimate: Callable[[str], tuple], forward: Callable[[str], torch.Tensor]) -> tuple:
+    """``(name, forward output)`` that every label of ``case`` is checked against: the first of the reference and
+    the fused backends whose forward fits the budgets (``estimate(name)``: bytes and seconds or None of one
+    ``forward(name)`` call, which runs without autograd); ``pytest.skip`` when none fits. Kept for the last
+    ``case`` (the labels of a case run one after another)."""
+    if case not in _ORACLE:
+        for name in ["reference"] + fused_labels():
+            try:
+                skip_if_too_big(name, *estimate(name))
+            except pytest.skip.Exception:
+                continue
+            with torch.no_grad():
+                want = forward(name)
+            _ORACLE.clear()
+            _ORACLE[case] = (name, want)
+            break
+        else:
+            pytest.skip("no oracle fits the budget for this shape")
+    return _ORACLE[case]
+
+
 def first_call(label: str, forward: Callable[[], torch.Tensor], grad: bool, info: dict, oracle_name: str,
                want: Optional[torch.Tensor]) -> None:
     """Run ``forward()`` once untimed: record its time in ``info["first_call_s"]``, check its output against the

@@ -18,8 +18,8 @@ import torch
 import gtkernels
 import gtkernels_py
 from benchmarks import baselines
-from benchmarks.common import (DEVICE, HEADS, MODES, SHAPES, backend_labels, first_call, fused_labels, get_batch,
-                               is_smoke, measure, pass_flops, skip_if_too_big)
+from benchmarks.common import (DEVICE, HEADS, MODES, SHAPES, backend_labels, first_call, get_batch,
+                               is_smoke, measure, oracle, pass_flops, skip_if_too_big)
 from gtkernels_py.modules import PsiMLP
 
 LABELS = backend_labels() + ["compile", "flex", "sdpa"]
@@ -70,22 +70,6 @@ def inputs(shape: str, heads_key: str):
     torch.manual_seed(0)
     psi = [p.detach().to(DEVICE) for p in PsiMLP().params()]
     return batch, q, k, v, psi
-
-
-@functools.lru_cache(maxsize=1)
-def oracle(shape: str, heads_key: str):
-    """``(name, forward output)``: the reference where its forward fits the budgets, else a fused backend."""
-    batch, q, k, v, psi = inputs(shape, heads_key)
-    heads, d_k = HEADS[heads_key]
-    for name in ["reference"] + fused_labels():
-        try:
-            skip_if_too_big(name, *estimate(name, batch, heads, d_k, "fwd"))
-        except pytest.skip.Exception:
-            continue
-        with torch.no_grad():
-            return name, gtkernels.geometric_attention(q, k, v, batch.pos, psi, batch.mask, cu_seqlens=batch.cu_seqlens,
-                                                       backend=name, validate=False)
-    pytest.skip("no oracle fits the budget for this shape")
 
 
 # ----------------------------------------------------------------------------------------------------- tests
@@ -140,7 +124,10 @@ def test_attention(benchmark, shape, heads_key, mode, label):
     # The alternative must compute the same thing before it is timed. This first call (in the mode's grad
     # state) is also the compilation of compile / compiled flex, whose time is recorded as first_call_s.
     # reference and sdpa have nothing to compare with: when slow (estimated > 5 s) they skip it.
-    name, want = oracle(shape, heads_key) if label not in ("reference", "sdpa") else (label, None)
+    name, want = (label, None) if label in ("reference", "sdpa") else oracle(
+        ("attention", shape, heads_key), lambda b: estimate(b, batch, heads, d_k, "fwd"),
+        lambda b: gtkernels.geometric_attention(q, k, v, pos, psi, batch.mask, cu_seqlens=batch.cu_seqlens,
+                                                backend=b, validate=False))
     predicted = None
     if want is None and est_s is not None and est_s > 5:
         predicted = est_s

@@ -5,7 +5,6 @@ form of this op. "fwd+bwd" takes gradients of the positions and every φ weight.
 """
 from __future__ import annotations
 
-import functools
 
 import pytest
 import torch
@@ -13,8 +12,8 @@ import torch
 import gtkernels
 import gtkernels_py
 from benchmarks import baselines
-from benchmarks.common import (DEVICE, MODES, SHAPES, backend_labels, first_call, fused_labels, get_batch, is_smoke,
-                               measure, pass_flops, skip_if_too_big)
+from benchmarks.common import (DEVICE, MODES, SHAPES, backend_labels, first_call, get_batch, is_smoke, measure,
+                               oracle, pass_flops, skip_if_too_big)
 
 LABELS = backend_labels() + ["compile"]
 SMOKE_BASELINE_SHAPE, SMOKE_COMPILE_MODE = "smoke-qm9-padded", "fwd"
@@ -29,20 +28,6 @@ def estimate(label: str, batch, mode: str):
         return batch.dense_pairs * ((420 if fwd else 460) + pos64), (
             batch.dense_pairs * (0.16 if fwd else 0.45) * 1e-6 + python if cpu else None)
     return 8 * batch.rows_numel * 8, (batch.pairs * (25 if fwd else 80) * 1e-9 if cpu else None)
-
-
-@functools.lru_cache(maxsize=1)
-def oracle(shape: str, phi_key: int = 0):
-    batch = get_batch(shape)
-    for name in ["reference"] + fused_labels():
-        try:
-            skip_if_too_big(name, *estimate(name, batch, "fwd"))
-        except pytest.skip.Exception:
-            continue
-        with torch.no_grad():
-            return name, gtkernels.geometric_encoding(batch.pos, phi_params(), batch.mask, cu_seqlens=batch.cu_seqlens,
-                                                      backend=name, validate=False)
-    pytest.skip("no oracle fits the budget for this shape")
 
 
 def phi_params():
@@ -77,7 +62,10 @@ def test_encoding(benchmark, shape, mode, label):
             return gtkernels.geometric_encoding(pos, phi, batch.mask, cu_seqlens=batch.cu_seqlens, backend=label,
                                                 validate=False)
 
-    name, want = oracle(shape) if label != "reference" else (label, None)
+    name, want = (label, None) if label == "reference" else oracle(
+        ("encoding", shape), lambda b: estimate(b, batch, "fwd"),
+        lambda b: gtkernels.geometric_encoding(pos, phi, batch.mask, cu_seqlens=batch.cu_seqlens, backend=b,
+                                               validate=False))
     first_call(label, forward, grad, info, name, want)
 
     def step():

@@ -7,14 +7,13 @@ them (``--augment all``; its default layout is packed), plus ``compile``: ``torc
 """
 from __future__ import annotations
 
-import functools
 import time
 
 import pytest
 import torch
 
-from benchmarks.common import (DEVICE, FULL, assert_close, backend_labels, fused_labels, get_batch, is_smoke,
-                               measure, mlp_flops, skip_if_too_big)
+from benchmarks.common import (DEVICE, FULL, assert_close, backend_labels, get_batch, is_smoke, measure, mlp_flops,
+                               oracle, skip_if_too_big)
 from gtkernels.models import GeometricTransformer
 from gtkernels.models.transformer import PRESETS
 
@@ -53,21 +52,6 @@ def model_inputs(batch):
     return batch.z, batch.pos, kw
 
 
-@functools.lru_cache(maxsize=1)
-def oracle(preset: str, shape: str):
-    """``(name, first prediction)`` of the reference model where it fits, else of a fused backend."""
-    batch = get_batch(shape)
-    for name in ["reference"] + fused_labels():
-        try:
-            skip_if_too_big(name, *estimate(name, preset, batch))
-        except pytest.skip.Exception:
-            continue
-        z, pos, kw = model_inputs(batch)
-        with torch.no_grad():
-            return name, make_model(preset, name)(z, pos, **kw)
-    pytest.skip("no oracle fits the budget for this shape")
-
-
 @pytest.mark.parametrize("label", LABELS)
 @pytest.mark.parametrize("preset", PRESET_NAMES)
 @pytest.mark.parametrize("shape", MODEL_SHAPES)
@@ -97,7 +81,9 @@ def test_train_step(benchmark, shape, preset, label):
     z, pos, kw = model_inputs(batch)
     y = torch.randn(batch.molecules, generator=torch.Generator().manual_seed(2)).to(DEVICE) * 10
 
-    name, want = oracle(preset, shape) if label != "reference" else (label, None)
+    name, want = (label, None) if label == "reference" else oracle(
+        ("train_step", preset, shape), lambda b: estimate(b, preset, batch),
+        lambda b: make_model(preset, b)(z, pos, **kw))
     cfg = PRESETS[preset]
     mlp = (cfg["num_layers"] * mlp_flops(model.layers[0].attn.transform_dist.params())
            + mlp_flops(model.encoding.params()))

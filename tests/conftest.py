@@ -23,7 +23,8 @@ def pytest_sessionstart(session):
             "GTKERNELS_ALLOW_NO_EXTENSION=1 to run the reference-only tests")
 
 
-requires_cpu = pytest.mark.skipif(not gtkernels.extension_available(), reason="gtkernels._C not built")
+#: the compiled extension gtkernels._C is built (the cpu backend, and the cuda backend's kernels or their emulation)
+requires_extension = pytest.mark.skipif(not gtkernels.extension_available(), reason="gtkernels._C not built")
 
 
 def _qm9pack_missing():
@@ -55,9 +56,8 @@ def _ase_missing():
 
 
 ASE_MISSING = _ase_missing()
-requires_ase = pytest.mark.skipif(ASE_MISSING is not None,
-                                  reason="needs ase (pip install ase) to read XYZ files / as a calculator: "
-                                         f"{ASE_MISSING}")
+requires_ase = pytest.mark.skipif(
+    ASE_MISSING is not None, reason=f"needs ase (pip install ase) to read XYZ files / as a calculator: {ASE_MISSING}")
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,18 @@
-"""Shared test data: random and real molecules, attention inputs in both layouts, random MLP weights."""
+"""Shared test data and checks: random and real molecules, attention inputs in both layouts, random MLP weights,
+the low-precision rule, the compiled backends (with their skip reasons) and the ops as the conformance suite
+(tests/test_backend_conformance.py) runs them."""
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import List, Sequence
+import os
+from typing import List, Optional, Sequence
 
 import numpy as np
+import pytest
 import torch
 
+import gtkernels
 from gtkernels.data import Molecule, pack, pad, qm9_sample
 
 
@@ -96,14 +102,233 @@ def two_x_bound(ref: torch.Tensor, exact: torch.Tensor, n_terms: int, dtype=torc
     return max(2.0 * rel_err(ref, exact), torch.finfo(dtype).eps * math.sqrt(max(n_terms, 1)))
 
 
-def assert_two_x_rule(what: str, got: torch.Tensor, ref: torch.Tensor, exact: torch.Tensor, n_terms: int,
-                      dtype=torch.float32) -> float:
-    """Asserts :func:`two_x_bound` for ``got``; prints the error and bound (see them with ``pytest -s``)."""
-    bound = two_x_bound(ref, exact, n_terms, dtype)
-    err = rel_err(got, exact)
-    print(f"[2x rule] {what}: {err:.3g} (bound {bound:.3g}, reference {rel_err(ref, exact):.3g})")
-    assert err <= bound, f"{what}: error {err:.3g} above the bound {bound:.3g} (n_terms {n_terms})"
-    return err
+def assert_within_2x(what: str, fused, ref, exact, n_terms: Sequence[int], dtype=torch.float32) -> None:
+    """Asserts :func:`two_x_bound` for every tensor of ``fused`` (a tensor, or a sequence: an output and its
+    gradients), against ``ref`` (the reference run in ``dtype``) and ``exact`` (the float64 reference), with
+    ``n_terms[i]`` the summation length of the i-th tensor. Prints each error and bound (``pytest -s``)."""
+    if isinstance(fused, torch.Tensor):
+        fused, ref, exact = [fused], [ref], [exact]
+    assert len(fused) == len(ref) == len(exact) == len(n_terms), what
+    for i, (got, r, e, n) in enumerate(zip(fused, ref, exact, n_terms)):
+        bound = two_x_bound(r, e, n, dtype)
+        err = rel_err(got, e)
+        print(f"[2x rule] {what}[{i}]: {err:.3g} (bound {bound:.3g}, reference {rel_err(r, e):.3g})")
+        assert err <= bound, f"{what}[{i}]: error {err:.3g} above the bound {bound:.3g} (n_terms {n})"
+
+
+# ---------------------------------------------------------------------------------------------------- backends
+#: The compiled backends; every case of tests/test_backend_conformance.py runs on each of them.
+COMPILED_BACKENDS = ("cpu", "cuda", "triton")
+GPU = torch.cuda.is_available()
+
+
+def backend_skip_reason(backend: str) -> Optional[str]:
+    """None when ``backend`` runs here, else why not. Without a GPU, ``cuda`` runs its kernels' host emulation
+    (``GTKERNELS_CUDA_EMULATE=1``, see :func:`use_backend`) and ``triton`` its interpreter (``TRITON_INTERPRET=1``,
+    set by tests/conftest.py before triton is imported)."""
+    if backend == "reference":
+        return None
+    if backend == "triton":
+        if not gtkernels._backends.triton_available():
+            return "triton is not installed"
+        if not (GPU or os.environ.get("TRITON_INTERPRET") == "1"):
+            return "no CUDA and TRITON_INTERPRET is not 1"
+        return None
+    if not gtkernels.extension_available():
+        return "gtkernels._C not built"
+    if backend == "cuda" and GPU and not gtkernels._backends.cuda_kernels_built():
+        return "gtkernels._C was built without the CUDA kernels"
+    return None
+
+
+def use_backend(backend: str, monkeypatch) -> str:
+    """Skips with the reason when ``backend`` cannot run here; switches on the CUDA host emulation without a GPU."""
+    reason = backend_skip_reason(backend)
+    if reason:
+        pytest.skip(f"backend {backend!r}: {reason}")
+    if backend == "cuda" and not GPU:
+        monkeypatch.setenv("GTKERNELS_CUDA_EMULATE", "1")
+    return backend
+
+
+def backend_device(backend: str) -> torch.device:
+    """Where ``backend`` takes its tensors: CUDA for the GPU backends on a GPU machine, else the CPU."""
+    return torch.device("cuda") if GPU and backend in ("cuda", "triton") else torch.device("cpu")
+
+
+def emulated(backend: str) -> bool:
+    """True when a GPU backend runs on the host (host emulation, interpreter): slow, so it runs small cases only."""
+    return backend in ("cuda", "triton") and not GPU
+
+
+def on_device(device, tensors):
+    """Leaf copies of ``tensors`` on ``device`` (requires_grad kept for floating tensors; None kept)."""
+    out = []
+    for t in tensors:
+        if t is None:
+            out.append(None)
+        elif t.is_floating_point():
+            out.append(t.detach().to(device).requires_grad_(t.requires_grad))
+        else:
+            out.append(t.to(device))
+    return out
+
+
+def weighted_grads(out: torch.Tensor, inputs, seed: int = 0):
+    """Gradients of ``Σ out·w`` (``w`` seeded standard normal) with respect to ``inputs``."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype).to(out.device)
+    return torch.autograd.grad((out * w).sum(), inputs, allow_unused=True)
+
+
+# --------------------------------------------------------------------------------------------------------- ops
+@dataclasses.dataclass
+class Problem:
+    """The inputs of one op call, on the CPU: ``tensors`` (attention q, k, v, pos; encoding pos) and ``params``
+    (the ψω/φ weights) are the leaves gradients are taken of; ``mask`` (padded) or ``cu_seqlens`` (packed)."""
+    mols: list
+    tensors: list
+    params: list
+    mask: Optional[torch.Tensor]
+    cu_seqlens: Optional[torch.Tensor]
+    heads: int = 1
+    d: int = 1
+
+    def cast(self, dtype) -> "Problem":
+        """The same values as leaves of ``dtype`` (mask and cu_seqlens shared)."""
+        return dataclasses.replace(self, tensors=[t.detach().to(dtype).requires_grad_() for t in self.tensors],
+                                   params=[p.detach().to(dtype).requires_grad_() for p in self.params])
+
+    def terms(self, op: "Op") -> List[int]:
+        """The summation length (:func:`summation_terms`) of ``op``'s output and of each gradient."""
+        terms = summation_terms(self.mols, self.heads, self.d)
+        return [terms[n] for n in (op.out_term, *op.tensor_terms, *[op.param_term] * len(self.params))]
+
+
+def holes(mask: torch.Tensor, *tensors: torch.Tensor):
+    """Padding slots scattered inside the molecules: one permutation (seed 7) of the atom axis of ``mask`` and of
+    every padded tensor; the tensors come back as fresh leaves needing grad."""
+    perm = torch.randperm(mask.shape[1], generator=torch.Generator().manual_seed(7))
+    return mask[:, perm], [t.detach()[:, perm].requires_grad_() for t in tensors]
+
+
+class Op:
+    """One public op (``gtkernels.<name>``) as the conformance cases use it: inputs, call, gradients' names and
+    summation lengths, and its ``torch.library`` forward op for opcheck. A new op subclasses this and joins OPS."""
+    name = ""
+    tensor_names: Sequence[str] = ()
+    tensor_terms: Sequence[str] = ()      # keys of summation_terms for the gradient of each tensor
+    param_name = ""
+    param_term = ""
+    out_term = ""
+    #: the output of a molecule's single atom, when the op's definition fixes it (None: it does not)
+    lone_atom_value: Optional[float] = None
+
+    def problem(self, mols, widths, heads: int = 1, d: int = 1, dtype=torch.float64, layout: str = "padded",
+                param_seed: int = 1) -> Problem:
+        """Inputs for ``mols``: ``layout`` "padded", "packed" or "holes" (padded, with :func:`holes`); the
+        MLP of hidden ``widths`` from ``mlp_params(widths, seed=param_seed)``."""
+        q, k, v, pos, mask, cu = attention_inputs(mols, heads, d, dtype=dtype,
+                                                  layout="packed" if layout == "packed" else "padded")
+        tensors = [q, k, v, pos][-len(self.tensor_names):]
+        if layout == "holes":
+            mask, tensors = holes(mask, *tensors)
+        return Problem(list(mols), tensors, mlp_params(widths, dtype=dtype, seed=param_seed), mask, cu, heads, d)
+
+    def zeros(self, batch: int, atoms: int, heads: int, d: int, device) -> Problem:
+        """A padded problem of ``batch`` × ``atoms`` zeros (either may be 0), with a ψω/φ of one hidden layer."""
+        raise NotImplementedError
+
+    def out_shape(self, problem: Problem) -> tuple:
+        raise NotImplementedError
+
+    def __call__(self, problem: Problem, backend: str, **kw) -> torch.Tensor:
+        raise NotImplementedError
+
+    def grad_names(self, problem: Problem) -> List[str]:
+        return [*self.tensor_names, *[f"{self.param_name}[{i}]" for i in range(len(problem.params))]]
+
+    def rows_call(self, problem: Problem, backend: str):
+        """``(op, args)``: the op's ``torch.library`` forward op and its arguments in the rows layout (padded
+        ``problem`` on its device), for ``torch.library.opcheck``."""
+        raise NotImplementedError
+
+
+class AttentionOp(Op):
+    name = "attention"
+    tensor_names = ("q", "k", "v", "pos")
+    tensor_terms = ("q", "k", "v", "pos")
+    param_name, param_term, out_term = "psi", "psi", "out"
+    lone_atom_value = 0.0     # no key besides itself: the row attends to nothing
+
+    def zeros(self, batch, atoms, heads, d, device):
+        q = torch.zeros((batch, atoms, heads, d), dtype=torch.float64, device=device, requires_grad=True)
+        pos = torch.zeros((batch, atoms, 3), dtype=torch.float64, device=device)
+        return Problem([], [q, q, q, pos], on_device(device, mlp_params([4])), None, None, heads, d)
+
+    def out_shape(self, problem):
+        return problem.tensors[0].shape
+
+    def __call__(self, problem, backend, **kw):
+        q, k, v, pos = problem.tensors
+        return gtkernels.geometric_attention(q, k, v, pos, problem.params, problem.mask,
+                                             cu_seqlens=problem.cu_seqlens, backend=backend, **kw)
+
+    def rows_call(self, problem, backend):
+        from gtkernels.ops import registry
+        from gtkernels.ops.layout import padded_segments, padded_to_rows
+        q = problem.tensors[0]
+        seg, valid = padded_segments(q.shape[0], q.shape[1], problem.mask, q.device)
+        rows = [padded_to_rows(t.detach()).requires_grad_() for t in problem.tensors]
+        return registry.attention_fwd, (*rows, problem.params, seg, valid, q.shape[1], 0.5, "ieee", backend)
+
+
+class EncodingOp(Op):
+    name = "encoding"
+    tensor_names = ("pos",)
+    tensor_terms = ("enc_pos",)
+    param_name, param_term, out_term = "phi", "phi", "s"
+
+    def zeros(self, batch, atoms, heads, d, device):
+        pos = torch.zeros((batch, atoms, 3), dtype=torch.float64, device=device, requires_grad=True)
+        return Problem([], [pos], on_device(device, mlp_params([4])), None, None)
+
+    def out_shape(self, problem):
+        return problem.tensors[0].shape[:-1]
+
+    def __call__(self, problem, backend, **kw):
+        return gtkernels.geometric_encoding(problem.tensors[0], problem.params, problem.mask,
+                                            cu_seqlens=problem.cu_seqlens, backend=backend, **kw)
+
+    def rows_call(self, problem, backend):
+        from gtkernels.ops import registry
+        from gtkernels.ops.layout import padded_segments, padded_to_rows
+        pos = problem.tensors[0]
+        seg, valid = padded_segments(pos.shape[0], pos.shape[1], problem.mask, pos.device)
+        return registry.encoding_fwd, (padded_to_rows(pos.detach()).requires_grad_(), problem.params, seg, valid,
+                                       pos.shape[1], "ieee", backend)
+
+
+ATTENTION, ENCODING = AttentionOp(), EncodingOp()
+#: Every public op; the conformance cases run on each (their shapes: test_backend_conformance.CASES).
+OPS = (ATTENTION, ENCODING)
+
+
+def on_backend(problem: Problem, backend: str) -> Problem:
+    """``problem``'s tensors copied (as leaves) to ``backend``'s device."""
+    device = backend_device(backend)
+    tensors, params = on_device(device, problem.tensors), on_device(device, problem.params)
+    mask, cu = on_device(device, [problem.mask, problem.cu_seqlens])
+    return dataclasses.replace(problem, tensors=tensors, params=params, mask=mask, cu_seqlens=cu)
+
+
+def run(op: Op, problem: Problem, backend: str, **kw):
+    """``(out, grads)`` of ``op`` on ``backend`` (on copies of ``problem`` on its device), returned on the CPU;
+    grads: of :func:`weighted_grads`, for every tensor and parameter."""
+    problem = on_backend(problem, backend)
+    out = op(problem, backend, **kw)
+    grads = weighted_grads(out, [*problem.tensors, *problem.params])
+    return out.detach().cpu(), [g.cpu() for g in grads]
 
 
 def tiny_energy_model(backend: str = "auto", gain: float = 3.0, seed: int = 0):

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from gtkernels.data.units import atomref
-from conftest import requires_ase, requires_cpu
+from conftest import requires_ase, requires_extension
 from helpers import tiny_energy_model, tiny_run
 
 pytestmark = requires_ase
 EPS32 = float(np.finfo(np.float32).eps)
-BACKENDS = ["reference", pytest.param("cpu", marks=requires_cpu)]
+BACKENDS = ["reference", pytest.param("cpu", marks=requires_extension)]
 
 
 def _methanol(model):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import gtkernels
-from conftest import requires_cpu
+from conftest import requires_extension
 from helpers import attention_inputs, mlp_params, random_molecules
 
 
@@ -112,7 +112,7 @@ def test_encoding_errors():
         gtkernels.geometric_encoding(torch.randn(2, 4, 3).half(), phi)
 
 
-@requires_cpu
+@requires_extension
 def test_backend_that_cannot_run_says_what_would(padded, monkeypatch):
     monkeypatch.delenv("GTKERNELS_CUDA_EMULATE", raising=False)
     q, k, v, pos, mask, psi = padded

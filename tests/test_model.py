@@ -5,38 +5,21 @@ kernels' host emulation on CPU tensors (GTKERNELS_CUDA_EMULATE=1, set below) and
 (TRITON_INTERPRET=1, set by conftest.py before triton is imported). The reference model it is compared with
 always runs on CPU.
 """
-import os
 
 import pytest
 import torch
 
-import gtkernels
 import gtkernels_py
 from gtkernels.data import batch_vector, pack, pad
 from gtkernels.data.units import atomref
 from gtkernels.models import PRESETS, GeometricTransformer
-from conftest import requires_ase, requires_cpu
-from helpers import qm9_molecules, rel_err
+from conftest import requires_ase, requires_extension
+from helpers import backend_device, backend_skip_reason, qm9_molecules, rel_err
 
 GPU_BACKENDS = ("cuda", "triton")
 CUDA = torch.cuda.is_available()
-
-
-def _gpu_skip_reason(backend):
-    if backend == "triton":
-        if not gtkernels._backends.triton_available():
-            return "triton is not installed"
-        if not (CUDA or os.environ.get("TRITON_INTERPRET") == "1"):
-            return "no CUDA and TRITON_INTERPRET is not 1"
-    elif not gtkernels.extension_available():
-        return "gtkernels._C not built"
-    elif CUDA and not gtkernels._backends.cuda_kernels_built():
-        return "gtkernels._C was built without the CUDA kernels"
-    return None
-
-
-BACKENDS = ["reference", pytest.param("cpu", marks=requires_cpu)] + [
-    pytest.param(b, marks=pytest.mark.skipif(_gpu_skip_reason(b) is not None, reason=str(_gpu_skip_reason(b))))
+BACKENDS = ["reference", pytest.param("cpu", marks=requires_extension)] + [
+    pytest.param(b, marks=pytest.mark.skipif(backend_skip_reason(b) is not None, reason=str(backend_skip_reason(b))))
     for b in GPU_BACKENDS]
 
 
@@ -44,11 +27,6 @@ BACKENDS = ["reference", pytest.param("cpu", marks=requires_cpu)] + [
 def _emulate_cuda_kernels(monkeypatch):
     if not CUDA:
         monkeypatch.setenv("GTKERNELS_CUDA_EMULATE", "1")
-
-
-def _device(backend):
-    """Where ``backend``'s model and inputs live: CUDA for the GPU backends when there is a GPU, else CPU."""
-    return torch.device("cuda") if backend in GPU_BACKENDS and CUDA else torch.device("cpu")
 
 
 def _to(device, *tensors):
@@ -62,13 +40,13 @@ def _pair(backend, dtype=torch.float64, **kw):
     m = GeometricTransformer("tiny", backend=backend, mean=-5.0, std=2.0, atomref=ref_atomref, **kw).to(dtype)
     r = gtkernels_py.GeometricTransformer(**PRESETS["tiny"]).to(dtype)
     r.load_state_dict(m.state_dict())
-    return m.to(_device(backend)), r
+    return m.to(backend_device(backend)), r
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_matches_reference_model(backend):
     m, r = _pair(backend)
-    dev = _device(backend)
+    dev = backend_device(backend)
     mols = qm9_molecules(6)
     z, pos, mask = pad(mols, torch.float64)
     want = r(z, pos, mask)
@@ -86,9 +64,10 @@ def test_matches_reference_model(backend):
 def test_float32_and_position_cast(backend):
     m, r = _pair(backend, torch.float32)
     z, pos, mask = pad(qm9_molecules(4), torch.float64)
-    out = m(*_to(_device(backend), z, pos, mask))  # float64 positions pass through to the ops (distances in float64)
+    # float64 positions pass through to the ops (distances in float64)
+    out = m(*_to(backend_device(backend), z, pos, mask))
     # float32 network, float64 read-out (·std + mean + atomref and the molecule sum)
-    assert out.dtype == torch.float64 and out.device.type == _device(backend).type
+    assert out.dtype == torch.float64 and out.device.type == backend_device(backend).type
     assert rel_err(out.cpu(), r(z, pos.float(), mask)) < 1e-5
 
 
@@ -104,8 +83,8 @@ def test_forces_are_minus_gradient(backend):
     m, r = _pair(backend, target="U0")
     m.eval()
     z, pos, mask = pad(qm9_molecules(2), torch.float64)
-    e, f = m.forces(*_to(_device(backend), z, pos, mask))
-    assert f.device.type == _device(backend).type
+    e, f = m.forces(*_to(backend_device(backend), z, pos, mask))
+    assert f.device.type == backend_device(backend).type
     e, f = e.detach().cpu(), f.cpu()
     p = pos.clone().requires_grad_()
     e_ref = r(z, p, mask)
@@ -115,7 +94,7 @@ def test_forces_are_minus_gradient(backend):
     assert float(f[~mask].abs().max()) == 0.0
     m.target = "gap"
     with pytest.raises(ValueError, match="energy"):
-        m.forces(*_to(_device(backend), z, pos, mask))
+        m.forces(*_to(backend_device(backend), z, pos, mask))
 
 
 def test_validation_once_at_model_level():
@@ -166,7 +145,7 @@ def test_autocast_bf16(backend):
     """bf16 autocast (the trainer's --amp, on GPU): the fused op runs in float32, the read-out too."""
     m, r = _pair(backend, torch.float32)
     z, pos, mask = pad(qm9_molecules(4), torch.float32)
-    dev = _device(backend)
+    dev = backend_device(backend)
     with torch.autocast(dev.type, dtype=torch.bfloat16):
         out = m(*_to(dev, z, pos, mask), include_atomref=False)
     assert out.dtype == torch.float64 and out.device.type == dev.type   # the read-out sums in float64

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import gtkernels
-from helpers import attention_inputs, mlp_params, random_molecules
-from test_padding_nan import _device, backend  # noqa: F401 (the backend fixture, with its skips)
+from helpers import attention_inputs, backend_device, mlp_params, random_molecules
+from test_padding_nan import backend  # noqa: F401 (the backend fixture, with its skips)
 
 SIZES = [5, 3, 4]          # molecule 1 gets the bad coordinate
 BAD = 1
@@ -52,7 +52,7 @@ def _check(name, dirty, clean, rows, layout):
 def test_attention(backend, layout, bad_value):
     (q, k, v), pos, dirty, mask, cu, rows = _inputs(layout, bad_value)
     psi = [p.detach() for p in mlp_params([8, 8], seed=1)]
-    dev = _device(backend)
+    dev = backend_device(backend)
 
     def run(p):
         leaves = [t.to(dev).requires_grad_() for t in (q, k, v, p)]
@@ -78,7 +78,7 @@ def test_attention(backend, layout, bad_value):
 def test_encoding(backend, layout, bad_value):
     _, pos, dirty, mask, cu, rows = _inputs(layout, bad_value)
     phi = [p.detach() for p in mlp_params([8], seed=2)]
-    dev = _device(backend)
+    dev = backend_device(backend)
 
     def run(p):
         return gtkernels.geometric_encoding(p.to(dev), [w.to(dev) for w in phi],

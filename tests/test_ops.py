@@ -4,8 +4,8 @@ import torch
 import torch.nn as nn
 
 import gtkernels
-import gtkernels_py as R
-from conftest import requires_cpu
+import gtkernels_py
+from conftest import requires_extension
 from gtkernels.ops import registry
 from gtkernels.ops.layout import packed_segments, padded_segments, padded_to_rows
 from helpers import attention_inputs, mlp_params, random_molecules, rel_err
@@ -39,7 +39,7 @@ def _row_inputs(dtype, layout):
     return q, k, v, pos, psi, seg, valid
 
 
-@requires_cpu
+@requires_extension
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 def test_opcheck(dtype, layout):
@@ -74,7 +74,7 @@ class _TinyModel(nn.Module):
         return (self.out(x).squeeze(-1) * mask).sum(-1)
 
 
-@requires_cpu
+@requires_extension
 def test_torch_compile_fullgraph_matches_eager():
     torch.manual_seed(0)
     model = _TinyModel()
@@ -103,7 +103,7 @@ def test_reference_backend_equals_gtkernels_py():
     q, k, v, pos, mask, _ = attention_inputs(mols, 2, 2)
     psi = mlp_params([5])
     torch.testing.assert_close(gtkernels.geometric_attention(q, k, v, pos, psi, mask, backend="reference"),
-                               R.geometric_attention(q, k, v, pos, psi, mask), rtol=0, atol=0)
+                               gtkernels_py.geometric_attention(q, k, v, pos, psi, mask), rtol=0, atol=0)
 
 
 def test_import_without_extension_falls_back_to_reference():

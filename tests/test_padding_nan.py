@@ -5,47 +5,19 @@ v and of the upstream gradient (and of the encoding's upstream gradient). The ou
 gradient at real rows (q, k, v, pos) and of the ψω/φ parameters must be finite and equal to the run with
 clean padding. Padding slots are scattered inside the molecules (not only at the end).
 """
-import os
 
 import pytest
 import torch
 
 import gtkernels
-from helpers import attention_inputs, mlp_params, random_molecules
+from helpers import COMPILED_BACKENDS, attention_inputs, backend_device, mlp_params, random_molecules, use_backend
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-BACKENDS = ("reference", "cpu", "cuda", "triton")
-GPU_BACKENDS = ("cuda", "triton")
-
-
-def _skip_reason(backend):
-    if backend == "reference":
-        return None
-    if backend == "triton":
-        if not gtkernels._backends.triton_available():
-            return "triton is not installed"
-        if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
-            return "no CUDA and TRITON_INTERPRET is not 1"
-        return None
-    if not gtkernels.extension_available():
-        return "gtkernels._C not built"
-    if backend == "cuda" and torch.cuda.is_available() and not gtkernels._backends.cuda_kernels_built():
-        return "gtkernels._C was built without the CUDA kernels"
-    return None
+BACKENDS = ("reference", *COMPILED_BACKENDS)
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
-    reason = _skip_reason(request.param)
-    if reason:
-        pytest.skip(reason)
-    if request.param == "cuda" and not torch.cuda.is_available():
-        monkeypatch.setenv("GTKERNELS_CUDA_EMULATE", "1")   # the CUDA kernels' host emulation
-    return request.param
-
-
-def _device(backend):
-    return DEVICE if backend in GPU_BACKENDS else torch.device("cpu")
+    return use_backend(request.param, monkeypatch)
 
 
 def _padded_batch(dtype):
@@ -68,7 +40,7 @@ def _poison(x, pad, seed):
 
 
 def _attention(backend, q, k, v, pos, mask, psi, upstream):
-    dev = _device(backend)
+    dev = backend_device(backend)
     leaves = [t.detach().to(dev).requires_grad_() for t in (q, k, v, pos, *psi)]
     out = gtkernels.geometric_attention(*leaves[:4], leaves[4:], mask.to(dev), backend=backend)
     grads = torch.autograd.grad(out, leaves, grad_outputs=upstream.to(dev))
@@ -102,7 +74,7 @@ def test_encoding_ignores_nan_in_padding_upstream(backend):
     upstream = torch.randn(mask.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     runs = []
     for up in (upstream, _poison(upstream, ~mask, 7)):
-        dev = _device(backend)
+        dev = backend_device(backend)
         leaves = [t.detach().to(dev).requires_grad_() for t in (pos, *phi)]
         s = gtkernels.geometric_encoding(leaves[0], leaves[1:], mask.to(dev), backend=backend)
         grads = torch.autograd.grad(s, leaves, grad_outputs=up.to(dev))

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-import gtkernels_py as R
+import gtkernels_py
 from helpers import attention_inputs, mlp_params, qm9_molecules, random_molecules
 
 
@@ -79,7 +79,7 @@ def test_attention_matches_loop(source):
         # padding not only at the end: scatter the atom slots with one permutation
         perm = _with_holes(mask)
         q, k, v, pos, mask = q[:, perm], k[:, perm], v[:, perm], pos[:, perm], mask[:, perm]
-        got = R.geometric_attention(q, k, v, pos, psi, mask)
+        got = gtkernels_py.geometric_attention(q, k, v, pos, psi, mask)
         want = loop_attention(q, k, v, pos, psi, mask)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
@@ -89,7 +89,7 @@ def test_encoding_matches_loop():
     _, _, _, pos, mask, _ = attention_inputs(mols, heads=1, d=1)
     phi = mlp_params([5], seed=2)
     with torch.no_grad():
-        torch.testing.assert_close(R.geometric_encoding(pos, phi, mask), loop_encoding(pos, phi, mask),
+        torch.testing.assert_close(gtkernels_py.geometric_encoding(pos, phi, mask), loop_encoding(pos, phi, mask),
                                    rtol=1e-12, atol=1e-12)
 
 
@@ -101,7 +101,7 @@ def test_gate_is_not_renormalised_and_self_excluded():
     psi = [torch.zeros(3, 1, dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
            torch.zeros(1, 3, dtype=torch.float64), torch.full((1,), c, dtype=torch.float64)]  # ψ ≡ c
     with torch.no_grad():
-        got = R.geometric_attention(q, k, v, pos, psi, mask)
+        got = gtkernels_py.geometric_attention(q, k, v, pos, psi, mask)
         scores = torch.einsum("bihd,bjhd->bhij", q, k) / 2.0
         scores = scores.masked_fill(torch.eye(6, dtype=torch.bool), float("-inf"))
         plain = torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), v)
@@ -114,7 +114,7 @@ def test_padding_and_lonely_atoms_give_zero_not_nan():
     mols = random_molecules([1, 3, 5])
     q, k, v, pos, mask, _ = attention_inputs(mols, heads=2, d=2)
     psi = mlp_params([4], seed=0)
-    out = R.geometric_attention(q, k, v, pos, psi, mask)
+    out = gtkernels_py.geometric_attention(q, k, v, pos, psi, mask)
     assert torch.isfinite(out).all()
     assert (out[0] == 0).all()            # one-atom molecule and its padding
     assert (out[1, 3:] == 0).all()        # padding rows of a 3-atom molecule
@@ -132,7 +132,7 @@ def _rotation(seed):
 
 def test_model_invariances():
     torch.manual_seed(0)
-    model = R.GeometricTransformer(num_layers=2, d_model=16, num_heads=4, psi_hidden=8).double()
+    model = gtkernels_py.GeometricTransformer(num_layers=2, d_model=16, num_heads=4, psi_hidden=8).double()
     mols = qm9_molecules(3)
     from gtkernels.data import pad
     z, pos, mask = pad(mols, torch.float64)
@@ -155,8 +155,8 @@ def test_attention_equivariance_to_permutation():
     psi = mlp_params([5, 5], seed=4)
     perm = torch.randperm(7, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        out = R.geometric_attention(q, k, v, pos, psi, mask)
-        out_p = R.geometric_attention(q[:, perm], k[:, perm], v[:, perm], pos[:, perm], psi, mask[:, perm])
+        out = gtkernels_py.geometric_attention(q, k, v, pos, psi, mask)
+        out_p = gtkernels_py.geometric_attention(q[:, perm], k[:, perm], v[:, perm], pos[:, perm], psi, mask[:, perm])
     torch.testing.assert_close(out_p, out[:, perm])
 
 
@@ -166,13 +166,13 @@ def test_packed_equals_padded_reference():
     qp, kp, vp, posp, _, cu = attention_inputs(mols, heads=2, d=3, layout="packed")
     psi = mlp_params([5], seed=0)
     with torch.no_grad():
-        torch.testing.assert_close(R.geometric_attention(qp, kp, vp, posp, psi, cu_seqlens=cu),
-                                   R.geometric_attention(q, k, v, pos, psi, mask)[mask])
+        torch.testing.assert_close(gtkernels_py.geometric_attention(qp, kp, vp, posp, psi, cu_seqlens=cu),
+                                   gtkernels_py.geometric_attention(q, k, v, pos, psi, mask)[mask])
 
 
 def test_model_packed_equals_padded():
     torch.manual_seed(1)
-    model = R.GeometricTransformer(num_layers=2, d_model=16, num_heads=2, psi_hidden=8, mean=0.3, std=2.0,
+    model = gtkernels_py.GeometricTransformer(num_layers=2, d_model=16, num_heads=2, psi_hidden=8, mean=0.3, std=2.0,
                                    atomref=torch.linspace(-1, 1, 50)).double()
     from gtkernels.data import pack, pad
     mols = random_molecules([5, 1, 8]) + qm9_molecules(2)
