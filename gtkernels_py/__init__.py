@@ -5,6 +5,10 @@ Plain eager PyTorch, no optimisation: the test oracle, the benchmark baseline, a
 from .functional import geometric_attention, geometric_encoding, inverse_distances, phi, psi
 from .modules import (EncoderBlock, GEGLU, GeometricAttention, GeometricEncoding, GeometricTransformer,
                       PsiMLP)
+from .relative_attention import (MultiHeadRelativeAttention, RelationMLP, RelativeAttention, distance_basis,
+                                 hop_counts, hop_one_hot, phi_relation, relation_features, relative_attention)
 
 __all__ = ["geometric_attention", "geometric_encoding", "inverse_distances", "psi", "phi", "PsiMLP",
-           "GeometricAttention", "GeometricEncoding", "GEGLU", "EncoderBlock", "GeometricTransformer"]
+           "GeometricAttention", "GeometricEncoding", "GEGLU", "EncoderBlock", "GeometricTransformer",
+           "relative_attention", "distance_basis", "hop_one_hot", "hop_counts", "relation_features", "phi_relation",
+           "RelationMLP", "RelativeAttention", "MultiHeadRelativeAttention"]
