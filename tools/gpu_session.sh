@@ -10,7 +10,8 @@
 # On the bare machine it runs, in order:
 #   a  env       nvidia-smi, torch / triton / CUDA / nvcc / compute-sanitizer versions, date, commit
 #   b  build     FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 python3 setup.py build_ext --inplace
-#   c  tests     tests/test_gpu_backends.py, the cuda/triton cases of tests/test_model.py, and test_padding_nan.py /
+#   c  tests     the cuda/triton cases of tests/test_backend_conformance.py and tests/test_model.py,
+#                tests/test_gpu_backends.py, and test_padding_nan.py /
 #                test_no_host_sync.py when present; per-test timeout (pytest-timeout), no -x, pytest-xdist -n 6
 #   d  sanitize  compute-sanitizer memcheck (PYTORCH_NO_CUDA_MEMORY_CACHING=1), initcheck, racecheck, synccheck on
 #                tools/sanitize_case.py (triton and cuda, forward+backward); runs beside c (checks, not timings)
@@ -96,8 +97,8 @@ EOF
     fi
     ;;
   tests)
-    files=(tests/test_gpu_backends.py tests/test_model.py)
-    k="test_gpu_backends or (test_model and (cuda or triton))"
+    files=(tests/test_backend_conformance.py tests/test_gpu_backends.py tests/test_model.py)
+    k="((test_backend_conformance or test_model) and (cuda or triton)) or test_gpu_backends"
     for extra in test_padding_nan test_no_host_sync test_host_sync test_cuda_unchecked_segments; do
       if [ -f "tests/$extra.py" ]; then files+=("tests/$extra.py"); k="$k or $extra"; fi
     done
@@ -186,7 +187,7 @@ if [ "$DRY" = 1 ]; then
   SCALE="${GTK_DRY_RUN_SCALE:-8}"     # 2 CPU cores and the Triton interpreter: budgets x 8
   # Python as on the device: no qm9pack, no ase, no network (tools/dry_run/sitecustomize.py); Triton in its
   # interpreter (set before triton is imported). The cuda tests set GTKERNELS_CUDA_EMULATE=1 themselves
-  # (tests/test_gpu_backends.py, tests/test_model.py) and so does tools/sanitize_case.py.
+  # (tests/helpers.py use_backend) and so does tools/sanitize_case.py.
   export PYTHONPATH="$ROOT/tools/dry_run:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   export TRITON_INTERPRET=1
   export GTK_BENCH_MAX_CALL_S="${GTK_BENCH_MAX_CALL_S:-20}"
