@@ -43,7 +43,7 @@ test: build
 	$(OMP_ENV) $(PY) -m pytest tests -q
 	$(OMP_ENV) $(PY) -m pytest benchmarks -q --benchmark-disable -k smoke
 
-# nvcc -c of csrc/cuda/*.cu for sm_80 and sm_90 with register/spill report, and a syntax check of the torch
+# nvcc -c of csrc/cuda/kernels/*.cu for sm_80 and sm_90 with register/spill report, and a syntax check of the torch
 # glue; needs no GPU (skipped when nvcc is missing).
 cuda-check: $(VENV)/.deps
 	bash .ci/cuda_check.sh $(PY)
@@ -67,7 +67,8 @@ build: $(VENV)/.built
 
 $(VENV)/.deps: requirements-dev.txt $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
-	if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) "$(TORCH_SPEC)"; fi
+	if [ -n "$(TORCH_SPEC)" ]; then \
+	  $(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) "$(TORCH_SPEC)"; fi
 	$(PY) -m pip install -q -r requirements-dev.txt $(PIP_C)
 	touch $@
 

@@ -3,7 +3,7 @@ reference (gtkernels_py) and the C++ CPU backend. Every test runs once per backe
 
 Without a GPU they run on CPU tensors: Triton in its interpreter (conftest.py sets TRITON_INTERPRET=1 before
 triton is imported), the CUDA kernels' program bodies in their host emulation (GTKERNELS_CUDA_EMULATE=1, set
-by the `backend` fixture; csrc/cpu/cuda_emulation.cpp); with a GPU, on CUDA tensors. Shapes are small: the interpreter executes every block op in
+by the `backend` fixture; csrc/cuda/emulation.cpp); with a GPU, on CUDA tensors. Shapes are small: the interpreter executes every block op in
 numpy. float64: forward and every gradient (q, k, v, pos, each ψω/φ parameter) to 1e-10 relative. float32:
 error against the float64 reference at most 2× that of the reference run in float32 (FlashAttention's rule),
 floor 1e-6. Run with ``-s`` to see the measured errors.
