@@ -21,12 +21,12 @@ CSRC = ROOT / "csrc"
 #: Folders of device files (compiled by nvcc only), relative to the csrc root.
 DEVICE_DIRS = ("cuda/kernels",)
 SOURCE_SUFFIXES = {".h", ".cuh", ".cpp", ".cu"}
-INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
+INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
 
 
 #: Comments and string / character literals, in the order they start (so "//" in a string, or "/*" in a
 #: line comment, is not taken for a comment).
-_TOKENS = re.compile(r"//[^\n]*|/\*.*?\*/|\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*'", re.S)
+_TOKENS = re.compile(r"//[^\n]*|/\*.*?\*/|\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*'", re.DOTALL)
 
 
 def _strip_comments(src: str) -> str:
@@ -82,7 +82,10 @@ def device_round_trips(root: pathlib.Path, device_dirs=DEVICE_DIRS):
     """'device file -> header -> device file' for every header outside the device folders, included by a device
     file, whose own includes lead back into a device folder."""
     folders = [root / d for d in device_dirs]
-    in_device = lambda p: any(_under(p, d) for d in folders)  # noqa: E731
+
+    def in_device(p):
+        return any(_under(p, d) for d in folders)
+
     problems = []
     for folder in folders:
         for f in _sources(folder):
@@ -98,7 +101,7 @@ def device_round_trips(root: pathlib.Path, device_dirs=DEVICE_DIRS):
 
 def device_files_with_torch(root: pathlib.Path, device_dirs=DEVICE_DIRS):
     """Files of a device folder that include a torch header (device folders hold device files only)."""
-    torch_header = re.compile(r'^\s*#\s*include\s*[<"](torch|ATen|c10)/', re.M)
+    torch_header = re.compile(r'^\s*#\s*include\s*[<"](torch|ATen|c10)/', re.MULTILINE)
     return [str(f.relative_to(root)) for d in device_dirs for f in _sources(root / d)
             if torch_header.search(_strip_comments(f.read_text()))]
 
