@@ -47,8 +47,8 @@ test: build
 lint: $(VENV)/.deps
 	$(PY) -m ruff check .
 
-# nvcc -c of csrc/cuda/*.cu for sm_80 and sm_90 with register/spill report, and a syntax check of the torch
-# glue; needs no GPU (skipped when nvcc is missing).
+# nvcc -c of csrc/cuda/kernels/*.cu for sm_80 and sm_90 with register/spill report, and a syntax check of the
+# torch glue; needs no GPU (skipped when nvcc is missing).
 cuda-check: $(VENV)/.deps
 	bash .ci/cuda_check.sh $(PY)
 
@@ -71,7 +71,8 @@ build: $(VENV)/.built
 
 $(VENV)/.deps: requirements-dev.txt $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
-	if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) "$(TORCH_SPEC)"; fi
+	if [ -n "$(TORCH_SPEC)" ]; then \
+	  $(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) "$(TORCH_SPEC)"; fi
 	$(PY) -m pip install -q -r requirements-dev.txt $(PIP_C)
 	touch $@
 

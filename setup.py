@@ -11,9 +11,10 @@ default torch - from PyPI, the CUDA one - into the isolated build environment, a
 pip's build isolation this script finds the torch of the environment pip installs into (the interpreter
 running the build, without the isolation's paths); ``--no-build-isolation`` skips that search.
 
-The extension always holds the CPU kernels (csrc/*.cpp, csrc/cpu/*.cpp, OpenMP). The CUDA sources
-(csrc/cuda/*.cu) are added, as a CUDAExtension, when torch has CUDA (or FORCE_CUDA=1) and CUDA_HOME is set,
-and never when GTKERNELS_CPU_ONLY=1.
+The extension always holds every csrc/**/*.cpp but the CUDA-only ones: the CPU kernels (OpenMP), the schemas, and
+the host emulation of the CUDA block programs (csrc/cuda/emulation.cpp). The CUDA-only sources, csrc/**/*.cu and
+csrc/**/*_cuda.cpp (csrc/README.md), are added, as a CUDAExtension, when torch has CUDA (or FORCE_CUDA=1) and
+CUDA_HOME is set, and never when GTKERNELS_CPU_ONLY=1.
 
 Environment switches:
     GTKERNELS_CPU_ONLY=1   never build CUDA sources
@@ -93,14 +94,19 @@ def _import_torch():
     sys.exit("error: " + _NO_TORCH.format(why=why))   # a message, not a traceback
 
 
+def _sources():
+    """(sources of every build, CUDA-only sources): the CUDA-only ones are the .cu files and the *_cuda.cpp files."""
+    every = glob.glob(os.path.join(ROOT, "csrc", "**", "*.cpp"), recursive=True)
+    cuda_only = [p for p in every if p.endswith("_cuda.cpp")]
+    cu = glob.glob(os.path.join(ROOT, "csrc", "**", "*.cu"), recursive=True)
+    return _rel(set(every) - set(cuda_only)), _rel(cu + cuda_only)
+
+
 def _extensions():
     torch = _import_torch()
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
-    cpp_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))
-                       + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
-    cuda_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))
-                        + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
+    cpp_sources, cuda_sources = _sources()
 
     want_cuda = (not _flag("GTKERNELS_CPU_ONLY")
                  and (torch.cuda.is_available() or _flag("FORCE_CUDA"))

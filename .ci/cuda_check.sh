@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Compile-check of the CUDA sources without a GPU (issue 4): every csrc/cuda/*.cu with nvcc -c for sm_80 and
-# sm_90, printing each kernel's registers, stack and spills (-Xptxas -v) so that a spill regression is visible,
-# and the torch glue csrc/cuda/ops_cuda.cpp with the host compiler (-fsyntax-only) against torch's headers.
+# Compile-check of the CUDA sources without a GPU: every device file csrc/cuda/kernels/*.cu with nvcc -c for sm_80
+# and sm_90, printing each kernel's registers, stack and spills (-Xptxas -v) so that a spill regression is
+# visible, and the CUDA glue csrc/cuda/*.cpp (ops_cuda.cpp, emulation.cpp) with the host compiler
+# (-fsyntax-only) against torch's headers.
 # Fails on any compile error, and on any spill when GTKERNELS_FAIL_ON_SPILL=1.
 # Usage: .ci/cuda_check.sh [python]   (python: the interpreter whose torch headers to use; default .venv/bin/python)
 set -euo pipefail
@@ -17,7 +18,7 @@ trap 'rm -rf "$out"' EXIT
 echo "cuda-check: $("$NVCC" --version | tail -1)"
 spills=0
 for arch in sm_80 sm_90; do
-  for cu in csrc/cuda/*.cu; do
+  for cu in csrc/cuda/kernels/*.cu; do
     log="$out/$(basename "$cu" .cu)-$arch.log"
     if ! "$NVCC" -c -std=c++17 -O3 --expt-relaxed-constexpr -Werror all-warnings -arch="$arch" -Xptxas -v \
         -Icsrc "$cu" -o "$out/$(basename "$cu" .cu)-$arch.o" >"$log" 2>&1; then
@@ -36,7 +37,8 @@ for arch in sm_80 sm_90; do
     spills=$((spills + s))
   done
 done
-inc=$("$PY" -c 'from torch.utils.cpp_extension import include_paths; print(" ".join("-I" + p for p in include_paths()))')
+inc=$("$PY" -c 'from torch.utils.cpp_extension import include_paths
+print(" ".join("-I" + p for p in include_paths()))')
 # A CPU build of torch ships c10/cuda headers but not the generated cuda_cmake_macros.h: stub it.
 mkdir -p "$out/stub/c10/cuda/impl"
 echo "#pragma once" >"$out/stub/c10/cuda/impl/cuda_cmake_macros.h"

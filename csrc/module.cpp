@@ -1,7 +1,11 @@
 // module.cpp — makes the shared library importable as the Python module gtkernels._C.
-// Importing it runs the static TORCH_LIBRARY registrations of ops.cpp (torch.ops.gtkernels_C.*);
-// the module itself exposes with_cuda(): whether this build holds the CUDA kernels (csrc/cuda).
+// Importing it runs the static TORCH_LIBRARY registrations (schemas in ops.cpp, each backend's implementations
+// at the end of its own file: torch.ops.gtkernels_C.*). The module itself exposes
+//   with_cuda(): whether this build holds the CUDA kernels (csrc/cuda/kernels);
+//   contract():  the compiled cross-backend facts of contract.h, under the keys of gtkernels.contract.as_dict().
 #include <Python.h>
+
+#include "contract.h"
 
 namespace {
 PyObject* with_cuda(PyObject*, PyObject*) {
@@ -12,8 +16,34 @@ PyObject* with_cuda(PyObject*, PyObject*) {
 #endif
 }
 
+// Sets d[key] = value (a new reference, released here); false on failure (a Python error is set).
+bool set_item(PyObject* d, const char* key, PyObject* value) {
+  if (value == nullptr) return false;
+  const int rc = PyDict_SetItemString(d, key, value);
+  Py_DECREF(value);
+  return rc == 0;
+}
+
+PyObject* contract(PyObject*, PyObject*) {
+  PyObject* d = PyDict_New();
+  if (d == nullptr) return nullptr;
+  const bool ok = set_item(d, "distance_eps", PyFloat_FromDouble(gt::kDistanceEps)) &&
+                  set_item(d, "max_mlp_width", PyLong_FromLong(gt::kMaxWidth)) &&
+                  set_item(d, "max_mlp_layers", PyLong_FromLong(gt::kMaxLayers)) &&
+                  set_item(d, "act_none", PyLong_FromLong(gt::kActNone)) &&
+                  set_item(d, "act_relu", PyLong_FromLong(gt::kActRelu)) &&
+                  set_item(d, "act_gelu", PyLong_FromLong(gt::kActGelu));
+  if (!ok) {
+    Py_DECREF(d);
+    return nullptr;
+  }
+  return d;
+}
+
 PyMethodDef methods[] = {
     {"with_cuda", with_cuda, METH_NOARGS, "True when the CUDA kernels were compiled into this build."},
+    {"contract", contract, METH_NOARGS,
+     "The compiled cross-backend facts (csrc/contract.h), keyed as gtkernels.contract.as_dict()."},
     {nullptr, nullptr, 0, nullptr},
 };
 }  // namespace

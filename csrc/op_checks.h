@@ -1,10 +1,10 @@
-// op_checks.h — input checks of the gtkernels_C ops, shared by the CPU kernels (ops.cpp), the CUDA kernels
-// (cuda/ops_cuda.cpp) and their host emulation (cpu/cuda_emulation.cpp). Every tensor must be on the kernel's
-// device `dev` (the device of q, or of pos for the encoding). The checks of shapes, dtypes and devices read host
-// metadata only. seg's values are checked only where seg is on the host (check_segment_values: the CPU backend
-// and the host emulation); a GPU seg is never copied back (that would block every call), the Python layer
-// validates cu_seqlens / max_seqlen once per forward, and the CUDA kernels clamp seg and poison molecules
-// larger than max_atoms (cuda/block_kernels.h, tile_of).
+// op_checks.h — input checks of the gtkernels_C ops, shared by the CPU kernels (cpu/ops_cpu.cpp), the CUDA kernels
+// (cuda/ops_cuda.cpp) and their host emulation (cuda/emulation.cpp; both through cuda/glue.h). Every tensor must
+// be on the kernel's device `dev` (the device of q, or of pos for the encoding). The checks of shapes, dtypes
+// and devices read host metadata only. seg's values are checked only where seg is on the host
+// (check_segment_values: the CPU backend and the host emulation); a GPU seg is never copied back (that would
+// block every call), the Python layer validates cu_seqlens / max_seqlen once per forward, and the CUDA kernels
+// clamp seg and poison molecules larger than max_atoms (cuda/block_programs.h, tile_of).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,7 +12,7 @@
 #include <optional>
 #include <string>
 
-#include "pair_math.h"
+#include "contract.h"
 
 namespace gtk {
 

@@ -1,4 +1,4 @@
-"""The CUDA kernels on a seg nobody checked, as on a GPU (csrc/cuda/block_kernels.h, tile_of).
+"""The CUDA kernels on a seg nobody checked, as on a GPU (csrc/cuda/block_programs.h, tile_of).
 
 On CUDA tensors the C++ glue never reads seg's values (that would be a host synchronisation per call): the
 kernels clamp seg into [0, R] and write NaN into every output of a molecule with more rows than max_atoms.

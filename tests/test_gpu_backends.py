@@ -5,7 +5,8 @@ tests/test_backend_conformance.py.
 
 Without a GPU the Triton kernels run in the interpreter (conftest.py sets TRITON_INTERPRET=1 before triton is
 imported) and the CUDA kernels' program bodies in their host emulation (GTKERNELS_CUDA_EMULATE=1, set by
-``helpers.use_backend``); with a GPU, on CUDA tensors. Run with ``-s`` to see the measured errors.
+``helpers.use_backend``; csrc/cuda/emulation.cpp); with a GPU, on CUDA tensors. Run with ``-s`` to see the
+measured errors.
 """
 import dataclasses
 

@@ -1,12 +1,13 @@
 """Static check: the CUDA glue makes no host synchronisation per op call (so that a training step can be
 captured in a CUDA graph).
 
-The glue (csrc/fused_glue.h, csrc/mlp_pack.h, csrc/op_checks.h and csrc/cuda/*) decides everything from shapes
-and host ints (max_atoms): it must never copy a tensor to the host (``.cpu()``, ``kCPU``, ``.item()``,
-``tolist``), read device memory through a host pointer (``data_ptr`` outside kernel arguments), build a tensor
-from host data and upload it (``from_blob``, factories without a tensor's options, ``.to(device)``), call a
-blocking CUDA API (``cudaMemcpy`` without Async, ``cudaMalloc``/``cudaFree``, ``cuda*Synchronize``), or use an
-ATen op whose result shape or value the host must wait for (``nonzero``, ``masked_select``, ``unique``, ...).
+The glue (csrc/cuda/glue.h, csrc/mlp_pack.h, csrc/op_checks.h, csrc/cuda/ops_cuda.cpp, the block programs and the
+device files in csrc/cuda/kernels) decides everything from shapes and host ints (max_atoms): it must never copy a
+tensor to the host (``.cpu()``, ``kCPU``, ``.item()``, ``tolist``), read device memory through a host pointer
+(``data_ptr`` outside kernel arguments), build a tensor from host data and upload it (``from_blob``, factories
+without a tensor's options, ``.to(device)``), call a blocking CUDA API (``cudaMemcpy`` without Async,
+``cudaMalloc``/``cudaFree``, ``cuda*Synchronize``), or use an ATen op whose result shape or value the host must
+wait for (``nonzero``, ``masked_select``, ``unique``, ...).
 seg's values are read on the host only in op_checks.h's check_segment_values, which requires a CPU seg and is
 called by the glue only for one. The checker is tested on snippets of the glue before it was made sync-free.
 """
@@ -17,9 +18,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
-GLUE = sorted({CSRC / "fused_glue.h", CSRC / "mlp_pack.h", CSRC / "op_checks.h",
-               *(CSRC / "cuda").glob("*.cpp"), *(CSRC / "cuda").glob("*.h"), *(CSRC / "cuda").glob("*.cu"),
-               *(CSRC / "cuda").glob("*.cuh")})
+GLUE = sorted({CSRC / "mlp_pack.h", CSRC / "op_checks.h", CSRC / "cuda" / "glue.h", CSRC / "cuda" / "ops_cuda.cpp",
+               CSRC / "cuda" / "block_programs.h", *(CSRC / "cuda" / "kernels").glob("*")})
 
 FORBIDDEN = [  # (regex, what it is)
     (r"\.cpu\s*\(", ".cpu(): a device-to-host copy"),
@@ -121,7 +121,7 @@ def test_cuda_glue_has_no_host_copies(path):
 
 def test_the_glue_files_exist():
     names = {p.name for p in GLUE}
-    assert {"fused_glue.h", "mlp_pack.h", "op_checks.h", "ops_cuda.cpp", "block_kernels.h", "launch.h"} <= names
+    assert {"glue.h", "mlp_pack.h", "op_checks.h", "ops_cuda.cpp", "block_programs.h", "launch.h"} <= names
 
 
 # The glue as it was (each snippet made at least one blocking copy per op call): the checker must flag them all.

@@ -1,10 +1,11 @@
-// attention_cpu.cpp — fused geometric attention on the CPU (OpenMP), forward and backward.
+// attention_cpu.cpp — fused geometric attention on the CPU (OpenMP), forward and backward: run_attention_fwd /
+// run_attention_bwd, called with checked inputs by ops_cpu.cpp.
 //
-// Work unit: a task = the pairs between two row blocks I, J of one segment (I = J on a diagonal task), see
-// Schedule in cpu_common.h: the tasks of one phase touch disjoint rows, so no atomics are needed, and every
-// unordered pair {i, j} is visited exactly once. Nothing N×N is stored: per-thread scratch is
-// O(kBlock² + kBlock·H) (one gate tile, the scores of one row against one key block), the only global extras
-// are O(R·H) (running sums in the forward, D_i = dout_i·out_i in the backward).
+// Work unit (attention_fwd_tile / attention_bwd_tile): a task = the pairs between two row blocks I, J of one
+// segment (I = J on a diagonal task), see Schedule in schedule.h: the tasks of one phase touch disjoint rows,
+// so no atomics are needed, and every unordered pair {i, j} is visited exactly once. Nothing N×N is stored:
+// per-thread scratch is O(kBlock² + kBlock·H) (one gate tile, the scores of one row against one key block), the
+// only global extras are O(R·H) (running sums in the forward, delta_i = dout_i·out_i in the backward).
 //
 // Forward, per task: rinv and the gate g = ψ(rinv)² of every pair of the tile (ψ evaluated on tiles of pairs,
 // layer by layer, once per pair and shared by all heads); then every row of I updates its per-head online
@@ -14,16 +15,19 @@
 // out = acc / l, lse = m + log l.
 //
 // Backward, per task: for each pair (i, j), recompute rinv, ψ (keeping its activations) and, per head,
-// p_ij = exp(S_ij − lse_i) and p_ji = exp(S_ji − lse_j); with D_i = dout_i·out_i and dA_ij = dout_i·v_j:
-// dS_ij = p_ij (g dA_ij − D_i), dq_i += scale dS_ij k_j, dk_j += scale dS_ij q_i, dv_j += p_ij g dout_i, and
+// p_ij = exp(S_ij − lse_i) and p_ji = exp(S_ji − lse_j); with delta_i = dout_i·out_i and dA_ij = dout_i·v_j:
+// dS_ij = p_ij (g dA_ij − delta_i), dq_i += scale dS_ij k_j, dk_j += scale dS_ij q_i, dv_j += p_ij g dout_i, and
 // the same with i and j swapped; dg = Σ_heads p_ij dA_ij + p_ji dA_ji is back-propagated through ψ
 // (seed 2ψ dg) to the ψ parameters (per-thread buffers, reduced in thread order) and through rinv to
 // dpos_i and dpos_j.
-#include "cpu_common.h"
-
 #include <cmath>
 #include <limits>
+#include <optional>
+#include <tuple>
 #include <type_traits>
+#include <vector>
+
+#include "schedule.h"
 
 namespace gtk {
 namespace {
@@ -75,7 +79,7 @@ void tile_gates(const gt::MlpView<T>& mv, const double* pos, const TaskRows& tr,
     for (int p = 0; p < n; ++p) {
       x[p] = gt::inverse_distance<T>(pos + 3 * tr.vi[tr.pa[c0 + p]], pos + 3 * vj[tr.pb[c0 + p]]);
     }
-    gt::mlp_forward_tile<T, kTilePairs>(mv, x, ws, y);
+    gt::mlp_forward_simd<T, kTilePairs>(mv, x, ws, y);
     for (int p = 0; p < n; ++p) G[tr.pa[c0 + p] * kBlock + tr.pb[c0 + p]] = y[p] * y[p];
   }
 }
@@ -195,7 +199,7 @@ void row_update(const AttnProblem<T>& P, const T* qi, const int64_t* keys, const
 }
 
 template <class T, int DC>
-void attention_fwd_task(const AttnProblem<T>& P, const gt::MlpView<T>& mv, const PairTask& task, FwdScratch<T>& sc,
+void attention_fwd_tile(const AttnProblem<T>& P, const gt::MlpView<T>& mv, const PairTask& task, FwdScratch<T>& sc,
                         T* out, T* M, T* Lsum) {
   TaskRows& tr = sc.rows;
   if (!tr.load(task, P.valid)) return;
@@ -232,7 +236,7 @@ void attention_fwd_task(const AttnProblem<T>& P, const gt::MlpView<T>& mv, const
 }
 
 template <class T, int DC>
-void attention_fwd_impl(const AttnProblem<T>& P, const gt::MlpView<T>& mv, const Schedule& sch, int64_t R, T* out,
+void attention_fwd_phases(const AttnProblem<T>& P, const gt::MlpView<T>& mv, const Schedule& sch, int64_t R, T* out,
                         T* lse) {
   const int64_t H = P.H;
   const int64_t D = DC > 0 ? DC : P.D;
@@ -245,7 +249,7 @@ void attention_fwd_impl(const AttnProblem<T>& P, const gt::MlpView<T>& mv, const
     for (int64_t ph = 0; ph < sch.num_phases(); ++ph) {
 #pragma omp for schedule(static, 1)
       for (int64_t t = sch.phase_begin[ph]; t < sch.phase_begin[ph + 1]; ++t) {
-        attention_fwd_task<T, DC>(P, mv, sch.tasks[t], sc, out, lse, L);
+        attention_fwd_tile<T, DC>(P, mv, sch.tasks[t], sc, out, lse, L);
       }
     }
 #pragma omp for schedule(static)
@@ -266,7 +270,7 @@ template <class T>
 struct BwdProblem : AttnProblem<T> {
   const T* dout;
   const T* lse;
-  const T* Dv;  // [R][H]: dout·out per head
+  const T* delta;  // [R][H]: delta = Σ_d dout·out per head
   T* dq;
   T* dk;
   T* dv;
@@ -285,7 +289,7 @@ struct BwdScratch {
 
 // Attention backward of the pair {i, j} with gate g, all heads, both directions (query i / key j and
 // query j / key i). Returns dg_ij + dg_ji (d loss / d g summed over heads). hs: [8][Hp] scratch, zero-
-// initialised once (the padded heads h >= H keep c = D = 0 and so contribute nothing).
+// initialised once (the padded heads h >= H keep c = delta = 0 and so contribute nothing).
 // Three loops over the heads, each vectorisable: dot products; probabilities (fast_exp) and dS;
 // gradient updates.
 template <class T, int DC>
@@ -305,8 +309,8 @@ T pair_backward(const BwdProblem<T>& P, int64_t i, int64_t j, T g, T* hs) {
   const T* __restrict doj = P.dout + j * HD;
   const T* lse_i = P.lse + i * H;
   const T* lse_j = P.lse + j * H;
-  const T* Dv_i = P.Dv + i * H;
-  const T* Dv_j = P.Dv + j * H;
+  const T* delta_i = P.delta + i * H;
+  const T* delta_j = P.delta + j * H;
   T* __restrict dqi = P.dq + i * HD;
   T* __restrict dki = P.dk + i * HD;
   T* __restrict dvi = P.dv + i * HD;
@@ -319,8 +323,8 @@ T pair_backward(const BwdProblem<T>& P, int64_t i, int64_t j, T g, T* hs) {
   T* c2 = hs + 3 * Hp;  // dA_ji = dout_j·v_i
   T* e1 = hs + 4 * Hp;  // P_ij·g
   T* e2 = hs + 5 * Hp;  // P_ji·g
-  T* d1 = hs + 6 * Hp;  // D_i = dout_i·out_i
-  T* d2 = hs + 7 * Hp;  // D_j
+  T* delta1 = hs + 6 * Hp;  // delta_i = dout_i·out_i
+  T* delta2 = hs + 7 * Hp;  // delta_j
   if constexpr (kAcrossHeads<DC>) {
     GT_SIMD
     for (int64_t h = 0; h < H; ++h) {
@@ -336,8 +340,8 @@ T pair_backward(const BwdProblem<T>& P, int64_t i, int64_t j, T g, T* hs) {
       x2[h] = s2 * scale - lse_j[h];
       c1[h] = dA1;
       c2[h] = dA2;
-      d1[h] = Dv_i[h];
-      d2[h] = Dv_j[h];
+      delta1[h] = delta_i[h];
+      delta2[h] = delta_j[h];
     }
   } else {
     for (int64_t h = 0; h < H; ++h) {
@@ -348,8 +352,8 @@ T pair_backward(const BwdProblem<T>& P, int64_t i, int64_t j, T g, T* hs) {
       x2[h] = s2 * scale - lse_j[h];
       c1[h] = dA1;
       c2[h] = dA2;
-      d1[h] = Dv_i[h];
-      d2[h] = Dv_j[h];
+      delta1[h] = delta_i[h];
+      delta2[h] = delta_j[h];
     }
   }
   T dg = T(0);
@@ -358,8 +362,8 @@ T pair_backward(const BwdProblem<T>& P, int64_t i, int64_t j, T g, T* hs) {
     const T p1 = gt::fast_exp(x1[h]);  // P_ij
     const T p2 = gt::fast_exp(x2[h]);  // P_ji
     dg += p1 * c1[h] + p2 * c2[h];
-    x1[h] = scale * p1 * (g * c1[h] - d1[h]);
-    x2[h] = scale * p2 * (g * c2[h] - d2[h]);
+    x1[h] = scale * p1 * (g * c1[h] - delta1[h]);
+    x2[h] = scale * p2 * (g * c2[h] - delta2[h]);
     e1[h] = p1 * g;
     e2[h] = p2 * g;
   }
@@ -395,7 +399,7 @@ T pair_backward(const BwdProblem<T>& P, int64_t i, int64_t j, T g, T* hs) {
 }
 
 template <class T, int DC>
-void attention_bwd_task(const BwdProblem<T>& P, const gt::MlpView<T>& mv, const PairTask& task, BwdScratch<T>& sc,
+void attention_bwd_tile(const BwdProblem<T>& P, const gt::MlpView<T>& mv, const PairTask& task, BwdScratch<T>& sc,
                         T* grad) {
   TaskRows& tr = sc.rows;
   if (!tr.load(task, P.valid)) return;
@@ -411,13 +415,13 @@ void attention_bwd_task(const BwdProblem<T>& P, const gt::MlpView<T>& mv, const 
     for (int p = 0; p < n; ++p) {
       x[p] = gt::inverse_distance<T>(P.pos + 3 * tr.vi[tr.pa[c0 + p]], P.pos + 3 * vj[tr.pb[c0 + p]], gi[p]);
     }
-    gt::mlp_forward_tile<T, kTilePairs>(mv, x, sc.ws.data(), y);
+    gt::mlp_forward_simd<T, kTilePairs>(mv, x, sc.ws.data(), y);
     for (int p = 0; p < n; ++p) {
       const int64_t i = tr.vi[tr.pa[c0 + p]];
       const int64_t j = vj[tr.pb[c0 + p]];
       dy[p] = T(2) * y[p] * pair_backward<T, DC>(P, i, j, y[p] * y[p], sc.hs.data());  // dL/dψ = 2ψ·dg
     }
-    gt::mlp_backward_tile<T, kTilePairs>(mv, x, sc.ws.data(), dy, grad, sc.bws.data(), dx);
+    gt::mlp_backward_simd<T, kTilePairs>(mv, x, sc.ws.data(), dy, grad, sc.bws.data(), dx);
     for (int p = 0; p < n; ++p) {
       double* dpi = P.dpos + 3 * tr.vi[tr.pa[c0 + p]];
       double* dpj = P.dpos + 3 * vj[tr.pb[c0 + p]];
@@ -430,7 +434,7 @@ void attention_bwd_task(const BwdProblem<T>& P, const gt::MlpView<T>& mv, const 
 }
 
 template <class T, int DC>
-void attention_bwd_impl(const BwdProblem<T>& P, const gt::MlpView<T>& mv, const Schedule& sch,
+void attention_bwd_phases(const BwdProblem<T>& P, const gt::MlpView<T>& mv, const Schedule& sch,
                         std::vector<T>& partials, int nt) {
   const int64_t gsize = mv.grad_size;
 #pragma omp parallel num_threads(nt)
@@ -440,7 +444,7 @@ void attention_bwd_impl(const BwdProblem<T>& P, const gt::MlpView<T>& mv, const 
     for (int64_t ph = 0; ph < sch.num_phases(); ++ph) {
 #pragma omp for schedule(static, 1)
       for (int64_t t = sch.phase_begin[ph]; t < sch.phase_begin[ph + 1]; ++t) {
-        attention_bwd_task<T, DC>(P, mv, sch.tasks[t], sc, grad);
+        attention_bwd_tile<T, DC>(P, mv, sch.tasks[t], sc, grad);
       }
     }
   }
@@ -470,13 +474,13 @@ void attention_fwd_typed(const at::Tensor& q, const at::Tensor& k, const at::Ten
   AttnProblem<T> P{q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), pos.data_ptr<double>(),
                    valid.has_value() ? valid->data_ptr<bool>() : nullptr, H, D, static_cast<T>(scale)};
   dispatch_head_dim(D, [&](auto dc) {
-    attention_fwd_impl<T, decltype(dc)::value>(P, pk.view, sch, R, out.data_ptr<T>(), lse.data_ptr<T>());
+    attention_fwd_phases<T, decltype(dc)::value>(P, pk.view, sch, R, out.data_ptr<T>(), lse.data_ptr<T>());
   });
 }
 
-// Dv[r][h] = dout_r,h · out_r,h
+// delta[r][h] = dout_r,h · out_r,h
 template <class T>
-void compute_Dv(const T* po, const T* pd, int64_t R, int64_t H, int64_t D, T* pD) {
+void compute_delta(const T* po, const T* pd, int64_t R, int64_t H, int64_t D, T* pD) {
   const int nt = num_threads();
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t r = 0; r < R; ++r) {
@@ -497,15 +501,15 @@ std::vector<at::Tensor> attention_bwd_typed(const at::Tensor& dout, const at::Te
                                             at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& dpos) {
   const int64_t R = q.size(0), H = q.size(1), D = q.size(2);
   PackedMlp<T> pk = pack_mlp<T>(psi, gt::kActRelu, gt::kActNone);
-  std::vector<T> Dv(static_cast<size_t>(R * H));
-  compute_Dv<T>(out.data_ptr<T>(), dout.data_ptr<T>(), R, H, D, Dv.data());
+  std::vector<T> delta(static_cast<size_t>(R * H));
+  compute_delta<T>(out.data_ptr<T>(), dout.data_ptr<T>(), R, H, D, delta.data());
   BwdProblem<T> P;
   static_cast<AttnProblem<T>&>(P) = AttnProblem<T>{
       q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), pos.data_ptr<double>(),
       valid.has_value() ? valid->data_ptr<bool>() : nullptr, H, D, static_cast<T>(scale)};
   P.dout = dout.data_ptr<T>();
   P.lse = lse.data_ptr<T>();
-  P.Dv = Dv.data();
+  P.delta = delta.data();
   P.dq = dq.data_ptr<T>();
   P.dk = dk.data_ptr<T>();
   P.dv = dv.data_ptr<T>();
@@ -513,14 +517,14 @@ std::vector<at::Tensor> attention_bwd_typed(const at::Tensor& dout, const at::Te
   const int nt = num_threads();
   const int64_t gsize = pk.view.grad_size;
   std::vector<T> partials(static_cast<size_t>(nt * gsize), T(0));
-  dispatch_head_dim(D, [&](auto dc) { attention_bwd_impl<T, decltype(dc)::value>(P, pk.view, sch, partials, nt); });
+  dispatch_head_dim(D, [&](auto dc) { attention_bwd_phases<T, decltype(dc)::value>(P, pk.view, sch, partials, nt); });
   const std::vector<T> total = reduce_partials<T>(partials, nt, gsize);
   return unpack_mlp_grad<T>(pk.view, total.data(), psi);
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+std::tuple<at::Tensor, at::Tensor> run_attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                      const at::Tensor& pos, at::TensorList psi,
                                                      const at::Tensor& seg, const std::optional<at::Tensor>& valid,
                                                      double scale) {
@@ -534,7 +538,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q, const 
   return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> attention_bwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> run_attention_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos,
     at::TensorList psi, const at::Tensor& seg, const std::optional<at::Tensor>& valid, double scale,
     const at::Tensor& out, const at::Tensor& lse) {

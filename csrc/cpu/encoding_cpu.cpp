@@ -1,12 +1,17 @@
-// encoding_cpu.cpp — fused geometric positional encoding on the CPU (OpenMP), forward and backward.
+// encoding_cpu.cpp — fused geometric positional encoding on the CPU (OpenMP), forward and backward:
+// run_encoding_fwd / run_encoding_bwd, called with checked inputs by ops_cpu.cpp.
 //
 // s_i = Σ_j φ(rinv_ij) over the valid rows j of i's segment, j = i included (rinv_ii = 0 adds φ(0)).
-// Same schedule as the attention (cpu_common.h): each unordered pair {i, j} is visited once, by the task
-// that owns both rows. φ is evaluated on tiles of pairs (pair_math.h tile MLP) and added to s_i and s_j.
+// Same schedule as the attention (schedule.h): each unordered pair {i, j} is visited once, by the task
+// that owns both rows. φ is evaluated on SIMD tiles of pairs (simd_tiles.h) and added to s_i and s_j.
 // Backward: the seed of the pair is ds_i + ds_j; d rinv goes to dpos_i and dpos_j; parameter gradients go to
 // per-thread buffers reduced in thread order. The j = i terms all have x = 0: φ(0) is computed once with the
 // per-pair MLP, and their parameter gradient is one per-pair backward pass with seed Σ_valid ds_i.
-#include "cpu_common.h"
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "schedule.h"
 
 namespace gtk {
 namespace {
@@ -30,7 +35,7 @@ struct EncScratch {
 // Pairs of one task (see Schedule): s_i += φ(rinv_ij) and s_j += φ(rinv_ij), once per unordered pair,
 // φ evaluated on tiles of kTilePairs pairs.
 template <class T>
-void encoding_fwd_task(const EncProblem<T>& P, const PairTask& task, EncScratch<T>& sc, T* s) {
+void encoding_fwd_tile(const EncProblem<T>& P, const PairTask& task, EncScratch<T>& sc, T* s) {
   TaskRows& tr = sc.rows;
   if (!tr.load(task, P.valid)) return;
   const int64_t* vj = tr.rows_j();
@@ -41,7 +46,7 @@ void encoding_fwd_task(const EncProblem<T>& P, const PairTask& task, EncScratch<
     for (int p = 0; p < n; ++p) {
       x[p] = gt::inverse_distance<T>(P.pos + 3 * tr.vi[tr.pa[c0 + p]], P.pos + 3 * vj[tr.pb[c0 + p]]);
     }
-    gt::mlp_forward_tile<T, kTilePairs>(*P.mv, x, sc.ws.data(), y);
+    gt::mlp_forward_simd<T, kTilePairs>(*P.mv, x, sc.ws.data(), y);
     for (int p = 0; p < n; ++p) {
       s[tr.vi[tr.pa[c0 + p]]] += y[p];
       s[vj[tr.pb[c0 + p]]] += y[p];
@@ -51,7 +56,7 @@ void encoding_fwd_task(const EncProblem<T>& P, const PairTask& task, EncScratch<
 
 // Pairs of one task: seed ds_i + ds_j (φ(rinv_ij) enters s_i and s_j), d rinv to dpos_i and dpos_j.
 template <class T>
-void encoding_bwd_task(const EncProblem<T>& P, const PairTask& task, const T* ds, EncScratch<T>& sc, double* dpos,
+void encoding_bwd_tile(const EncProblem<T>& P, const PairTask& task, const T* ds, EncScratch<T>& sc, double* dpos,
                        T* grad) {
   TaskRows& tr = sc.rows;
   if (!tr.load(task, P.valid)) return;
@@ -69,8 +74,8 @@ void encoding_bwd_task(const EncProblem<T>& P, const PairTask& task, const T* ds
       x[p] = gt::inverse_distance<T>(P.pos + 3 * i, P.pos + 3 * j, gi[p]);
       dy[p] = ds[i] + ds[j];
     }
-    gt::mlp_forward_tile<T, kTilePairs>(*P.mv, x, sc.ws.data(), y);
-    gt::mlp_backward_tile<T, kTilePairs>(*P.mv, x, sc.ws.data(), dy, grad, sc.bws.data(), dx);
+    gt::mlp_forward_simd<T, kTilePairs>(*P.mv, x, sc.ws.data(), y);
+    gt::mlp_backward_simd<T, kTilePairs>(*P.mv, x, sc.ws.data(), dy, grad, sc.bws.data(), dx);
     for (int p = 0; p < n; ++p) {
       double* dpi = dpos + 3 * tr.vi[tr.pa[c0 + p]];
       double* dpj = dpos + 3 * vj[tr.pb[c0 + p]];
@@ -100,7 +105,7 @@ void encoding_fwd_typed(const at::Tensor& pos, at::TensorList phi, const Schedul
     for (int64_t ph = 0; ph < sch.num_phases(); ++ph) {
 #pragma omp for schedule(static, 1)
       for (int64_t t = sch.phase_begin[ph]; t < sch.phase_begin[ph + 1]; ++t) {
-        encoding_fwd_task<T>(P, sch.tasks[t], sc, ps);
+        encoding_fwd_tile<T>(P, sch.tasks[t], sc, ps);
       }
     }
   }
@@ -126,7 +131,7 @@ std::vector<at::Tensor> encoding_bwd_typed(const at::Tensor& ds, const at::Tenso
     for (int64_t ph = 0; ph < sch.num_phases(); ++ph) {
 #pragma omp for schedule(static, 1)
       for (int64_t t = sch.phase_begin[ph]; t < sch.phase_begin[ph + 1]; ++t) {
-        encoding_bwd_task<T>(P, sch.tasks[t], pds, sc, pdpos, grad);
+        encoding_bwd_tile<T>(P, sch.tasks[t], pds, sc, pdpos, grad);
       }
     }
   }
@@ -144,7 +149,7 @@ std::vector<at::Tensor> encoding_bwd_typed(const at::Tensor& ds, const at::Tenso
 
 }  // namespace
 
-at::Tensor encoding_fwd_cpu(const at::Tensor& pos, at::TensorList phi, const at::Tensor& seg,
+at::Tensor run_encoding_fwd(const at::Tensor& pos, at::TensorList phi, const at::Tensor& seg,
                             const std::optional<at::Tensor>& valid) {
   // s has the dtype of the φ parameters (the compute type); positions are float64.
   at::Tensor s = at::zeros({pos.size(0)}, phi[0].options());
@@ -154,7 +159,7 @@ at::Tensor encoding_fwd_cpu(const at::Tensor& pos, at::TensorList phi, const at:
   return s;
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd_cpu(const at::Tensor& ds, const at::Tensor& pos,
+std::tuple<at::Tensor, std::vector<at::Tensor>> run_encoding_bwd(const at::Tensor& ds, const at::Tensor& pos,
                                                                  at::TensorList phi, const at::Tensor& seg,
                                                                  const std::optional<at::Tensor>& valid) {
   at::Tensor dpos = at::zeros_like(pos);

@@ -28,7 +28,7 @@ from ..contract import lse_dtype
 
 
 class _EmulatedCuda:
-    """The CUDA kernels' program bodies run on the host (csrc/cpu/cuda_emulation.cpp), for CPU tensors."""
+    """The CUDA kernels' program bodies run on the host (csrc/cuda/emulation.cpp), for CPU tensors."""
 
     def __getattr__(self, name):
         return getattr(torch.ops.gtkernels_C, "cuda_emulated_" + name)

@@ -1,5 +1,5 @@
 // encoding.cu — CUDA kernels of the fused geometric positional encoding s_i = Σ_j φ(rinv_ij), forward and
-// backward. Program bodies in block_kernels.h (shared with the host emulation).
+// backward. Program bodies in ../block_programs.h (shared with the host emulation).
 #include "device_block.cuh"
 #include "launch.h"
 

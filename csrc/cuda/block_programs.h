@@ -1,8 +1,8 @@
-// block_kernels.h — the CUDA kernels' bodies, one CUDA block ("program") at a time, written against a small
-// block interface so that the same code runs on the GPU and, serially, on the host (csrc/cpu/cuda_emulation.cpp:
-// the test suite executes every line below on CPU tensors). No torch headers; plain pointers.
+// block_programs.h — the CUDA kernels' bodies, one CUDA block ("program") at a time, written against a small
+// block interface so that the same code runs on the GPU (kernels/*.cu) and, serially, on the host
+// (emulation.cpp: the test suite executes every line below on CPU tensors). No torch headers; plain pointers.
 //
-// Block interface `Blk` (DeviceBlock in device_block.cuh, HostBlock in cuda_emulation.cpp):
+// Block interface `Blk` (DeviceBlock in kernels/device_block.cuh, HostBlock in emulation.cpp):
 //   b.size()                  threads of the block
 //   b.for_each_thread(f)      f(t) for every thread t (on the GPU: each thread runs f(threadIdx.x))
 //   b.sync()                  barrier (__syncthreads)
@@ -14,8 +14,8 @@
 // barriers) to the next but shared or global memory; within a phase no thread reads what another thread
 // writes in that phase (the emulation runs threads forwards and backwards to check results do not change).
 //
-// Work split (docs/semantics.md §4). Rows are the "segments of rows" layout of csrc/ops.cpp. A program owns a tile of
-// kRows consecutive rows [r0, r1) of one molecule (rows [s, e)), derived from the program index and seg on the
+// Work split (docs/semantics.md §4). Rows are the "segments of rows" layout of csrc/ops.cpp. A program owns a
+// tile of kRows consecutive rows [r0, r1) of one molecule (rows [s, e)), derived from the program index and seg on the
 // device (tile_of: no tile table, no host copy of seg; bad seg values are clamped, oversized molecules get NaN).
 //   attention forward : the tile's rows are queries; loop over key tiles; ψω evaluated once per (query, key)
 //                       pair on the pair tile (hidden layers as tile matmuls in shared memory) and reused by
@@ -23,8 +23,8 @@
 //                       Σ exp(S − m)·g·V kept in `out`; one read-modify-write of the state per key tile.
 //   attention backward: the tile's rows J play both roles. For every tile I of the molecule: dV_J, dK_J
 //                       (J as keys of the queries I) and dQ_J (J as queries of the keys I) with
-//                       D_i = Σ_d dO_i·O_i (precomputed), dS = P ⊙ (g ⊙ dO Vᵀ − D); dg_ij + dg_ji over all
-//                       heads, back through ψω (dψ = 2ψ·dg) to rinv and to the positions of J. Every output row
+//                       delta_i = Σ_d dO_i·O_i (precomputed), dS = P ⊙ (g ⊙ dO Vᵀ − delta); dg_ij + dg_ji over
+//                       all heads, back through ψω (dψ = 2ψ·dg) to rinv and to the positions of J. Every output row
 //                       is written by one program and one thread only: no atomics, deterministic.
 //                       The ψω weight gradients go to the program's own partial buffer (summed by the glue);
 //                       a pair of two different tiles is seen by both of their programs, so it is added with
@@ -53,7 +53,7 @@ namespace blk {
 constexpr int kRows = 32;      // rows per tile (queries and keys); QM9 molecules (≤ 29 atoms) are one tile
 constexpr int kThreads = 128;  // threads per program
 constexpr int kMinPrograms = 2;  // programs per SM the kernels are compiled for (__launch_bounds__), as the
-                                 // glue's shared-memory target; without it ptxas spills at ~50 registers
+                                 // glue's shared-memory target (glue.h kSmemTarget) assumes
 static_assert(kRows <= 256, "pair lists store row indices as uint8");
 
 // ---------------------------------------------------------------------------------------------------------
@@ -215,10 +215,10 @@ struct AttentionArgs {
   T* out;
   T* lse;
   T* lsum;
-  // backward: dout [R, H, D], out-derived dsum [R, H] = Σ_d dout·out, the forward's lse; outputs dq, dk, dv
+  // backward: dout [R, H, D], out-derived delta [R, H] = Σ_d dout·out, the forward's lse; outputs dq, dk, dv
   // [R, H, D] and dpos [R, 3] (zeros in), grad_partial [B·tiles_per_mol][psi.grad_size] (zeros in)
   const T* dout;
-  const T* dsum;
+  const T* delta;
   const T* lse_in;
   T* dq;
   T* dk;
@@ -306,13 +306,14 @@ GT_BLOCK void expand(Blk& b, const T* src, T* dst, int nI, int nJ, bool diagonal
   b.sync();
 }
 
-// MLP forward on n ≤ chunk scalars x[0..n): layer l's pre-activations z[l][p][o] and activations a[l][p][o]
+// MLP forward by the whole block (the CPU kernels' mlp_forward_simd is one thread's SIMD tile) on n ≤ chunk
+// scalars x[0..n): layer l's pre-activations z[l][p][o] and activations a[l][p][o]
 // (row stride S) stay in shared memory for the backward. One thread per (pair, output unit); the hidden
 // layers are small matmuls Z_l = A_{l−1} W_lᵀ + b_l, on tensor cores (TF32) for the layers mma holds. With mma
 // the columns from `out` up to the padded width are written as 0 (act(0) = 0), the K padding of the next
 // layer's matmul.
 template <class T, class Blk>
-GT_BLOCK void mlp_forward_tile(Blk& b, const MlpView<T>& m, const MmaWeights& mma, const T* x, int n, T* z, T* a,
+GT_BLOCK void mlp_forward_block(Blk& b, const MlpView<T>& m, const MmaWeights& mma, const T* x, int n, T* z, T* a,
                                int S, int chunk) {
   const int L = m.n_layers;
   for (int l = 0; l < L; ++l) {
@@ -356,11 +357,11 @@ GT_BLOCK void mlp_forward_tile(Blk& b, const MlpView<T>& m, const MmaWeights& mm
   }
 }
 
-// Backward of mlp_forward_tile for the upstream dy[p]: dx[p] = dy_p·∂y_p/∂x_p, and
+// Backward of mlp_forward_block for the upstream dy[p]: dx[p] = dy_p·∂y_p/∂x_p, and
 // grad += wscale·Σ_p dy_p·∂y_p/∂θ in the flat layout of MlpView (dWᵀ [in][ld], db). Each gradient element is
 // owned by one thread and sums the pairs in order: deterministic. dz: scratch [2][chunk][S].
 template <class T, class Blk>
-GT_BLOCK void mlp_backward_tile(Blk& b, const MlpView<T>& m, const T* x, int n, const T* z, const T* a, int S,
+GT_BLOCK void mlp_backward_block(Blk& b, const MlpView<T>& m, const T* x, int n, const T* z, const T* a, int S,
                                 int chunk, const T* dy, T wscale, T* grad, T* dz, T* dx) {
   const int L = m.n_layers;
   const size_t tile = static_cast<size_t>(chunk) * S;
@@ -421,7 +422,7 @@ GT_BLOCK void mlp_outputs(Blk& b, const MlpView<T>& m, const MmaWeights& mma, co
   const size_t last = static_cast<size_t>(m.n_layers - 1) * chunk * S;
   for (int c0 = 0; c0 < np; c0 += chunk) {
     const int n = np - c0 < chunk ? np - c0 : chunk;
-    mlp_forward_tile(b, m, mma, sm.x + c0, n, sm.z, sm.a, S, chunk);
+    mlp_forward_block(b, m, mma, sm.x + c0, n, sm.z, sm.a, S, chunk);
     b.for_each_thread([&](int t) {
       for (int p = t; p < n; p += b.size()) sm.yc[c0 + p] = sm.a[last + p * S];
     });
@@ -436,8 +437,8 @@ GT_BLOCK void mlp_pair_grads(Blk& b, const MlpView<T>& m, const MmaWeights& mma,
                              int chunk, T wscale, T* grad) {
   for (int c0 = 0; c0 < np; c0 += chunk) {
     const int n = np - c0 < chunk ? np - c0 : chunk;
-    mlp_forward_tile(b, m, mma, sm.x + c0, n, sm.z, sm.a, S, chunk);  // recompute the activations
-    mlp_backward_tile(b, m, sm.x + c0, n, sm.z, sm.a, S, chunk, sm.u + c0, wscale, grad, sm.dz, sm.dxc + c0);
+    mlp_forward_block(b, m, mma, sm.x + c0, n, sm.z, sm.a, S, chunk);  // recompute the activations
+    mlp_backward_block(b, m, sm.x + c0, n, sm.z, sm.a, S, chunk, sm.u + c0, wscale, grad, sm.dz, sm.dxc + c0);
   }
 }
 
@@ -628,9 +629,9 @@ GT_BLOCK void attention_bwd_program(Blk& b, const AttentionArgs<T>& A, int64_t t
           const T y = sm.y[i * nJ + j];
           const T g = y * y;
           const T pij = gt_exp(A.scale * dot(A.q + ih * D, A.k + jh * D, D) - A.lse_in[ih]);
-          const T dsij = pij * (g * dot(A.dout + ih * D, A.v + jh * D, D) - A.dsum[ih]);
+          const T dsij = pij * (g * dot(A.dout + ih * D, A.v + jh * D, D) - A.delta[ih]);
           const T pji = gt_exp(A.scale * dot(A.q + jh * D, A.k + ih * D, D) - A.lse_in[jh]);
-          const T dsji = pji * (g * dot(A.dout + jh * D, A.v + ih * D, D) - A.dsum[jh]);
+          const T dsji = pji * (g * dot(A.dout + jh * D, A.v + ih * D, D) - A.delta[jh]);
           cv[i] = pij * g;
           ck[i] = A.scale * dsij;
           cq[i] = A.scale * dsji;

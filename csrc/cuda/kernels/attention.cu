@@ -1,6 +1,6 @@
 // attention.cu — CUDA kernels of the fused geometric attention, forward and backward. The program bodies
 // (distances, ψω on pair tiles in shared memory, gated online softmax, backward by recomputation) live in
-// block_kernels.h, shared with the host emulation that the CPU test suite runs.
+// ../block_programs.h, shared with the host emulation that the CPU test suite runs.
 #include "device_block.cuh"
 #include "launch.h"
 

@@ -1,19 +1,20 @@
-// fused_glue.h — the torch side of the block kernels (cuda/block_kernels.h): checks, dtype handling, the
+// glue.h — the CUDA glue: the torch side of the block programs (block_programs.h): checks, dtype handling, the
 // program grid, output allocation, MLP packing and the reduction of the per-program ψ/φ gradients. Shared by the
-// real CUDA launcher (cuda/ops_cuda.cpp) and the host emulation (cpu/cuda_emulation.cpp), so the tests on CPU
-// cover it too. A Launcher provides
+// real CUDA launcher (ops_cuda.cpp) and the host emulation (emulation.cpp), so the tests on CPU cover it too.
+// <op>_glue<Launcher> is the torch entry of an op for a backend that runs the block programs; the backend
+// registers its instance as <op>_cuda / <op>_emulated. A Launcher provides
 //   static size_t smem_limit(const at::Device&);   bytes of dynamic shared memory one program may use
 //   static bool skip_segment_checks();             true: do not check a host seg's values (the emulation's
 //                                                  test hook; a GPU seg's values are never checked here)
-//   template <class T> static void attention_fwd(const gt::blk::AttentionArgs<T>&, int64_t programs,
-//                                                size_t smem, const at::Device&);   likewise attention_bwd,
-//                                                encoding_fwd/bwd
+//   template <class T> static void run_attention_fwd(const gt::blk::AttentionArgs<T>&, int64_t programs,
+//                                                    size_t smem, const at::Device&);   likewise
+//                                                    run_attention_bwd, run_encoding_fwd/bwd
 // float16 / bfloat16 inputs are computed in float32 (loads upcast, float32 accumulation) and cast back.
 //
 // No host synchronisation (so that a training step can be captured in a CUDA graph): everything the host decides
 // (grid size, MLP layout, shared memory) comes from shapes and host ints (max_atoms), never from tensor values;
 // the MLPs are packed on their device with tensor ops; nothing is uploaded from the host. The kernels read seg
-// directly (block_kernels.h, tile_of). tests/test_no_host_sync.py checks these sources for host copies.
+// directly (block_programs.h, tile_of). tests/test_no_host_sync.py checks these sources for host copies.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -26,16 +27,16 @@
 #include <tuple>
 #include <vector>
 
-#include "cuda/block_kernels.h"
-#include "mlp_pack.h"
-#include "op_checks.h"
+#include "../mlp_pack.h"
+#include "../op_checks.h"
+#include "block_programs.h"
 
 namespace gtk {
 namespace glue {
 
 namespace B = gt::blk;
 
-// The programs' view of the molecules (block_kernels.h, tile_of) and how many programs run: tiles_per_mol for
+// The programs' view of the molecules (block_programs.h, tile_of) and how many programs run: tiles_per_mol for
 // each of the B molecules, tiles_per_mol = ceil(min(max_atoms, R) / kRows) ≥ 1 (a molecule has at most R rows
 // once seg is clamped). Host values only: seg's length, R and max_atoms.
 struct Grid {
@@ -65,8 +66,8 @@ void check_host_segments(const at::Tensor& seg, int64_t R, int64_t max_atoms) {
 }
 
 // Pairs per MLP chunk: the largest of 64, 32, ..., min_chunk whose shared memory stays within kSmemTarget (so
-// that two programs fit on one SM, as the kernels' __launch_bounds__ assume; a guess until measured on a GPU),
-// else within the launcher's hard limit. `stride` is the chunk tiles' row stride (B::tile_stride).
+// that two programs fit on one SM, as the kernels' __launch_bounds__ assume), else within the launcher's hard
+// limit. `stride` is the chunk tiles' row stride (B::tile_stride).
 constexpr size_t kSmemTarget = 100 * 1024;
 
 template <class T>
@@ -208,10 +209,10 @@ B::AttentionArgs<T> attention_args(const at::Tensor& q, const at::Tensor& k, con
 }
 
 template <class Launcher, class T>
-std::tuple<at::Tensor, at::Tensor> attention_fwd_t(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                   const at::Tensor& pos, at::TensorList psi, const Grid& grid,
-                                                   const std::optional<at::Tensor>& valid, double scale,
-                                                   bool tensor_cores) {
+std::tuple<at::Tensor, at::Tensor> attention_fwd_typed(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                       const at::Tensor& pos, at::TensorList psi, const Grid& grid,
+                                                       const std::optional<at::Tensor>& valid, double scale,
+                                                       bool tensor_cores) {
   const at::Device dev = q.device();
   const Prepared<T> p = prepare<Launcher, T>(psi, gt::kActRelu, gt::kActNone, tensor_cores, dev);
   B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, grid, scale, p);
@@ -221,15 +222,15 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_t(const at::Tensor& q, const at
   a.out = out.data_ptr<T>();
   a.lse = lse.data_ptr<T>();
   a.lsum = lsum.data_ptr<T>();
-  Launcher::template attention_fwd<T>(a, grid.programs, p.smem, dev);
+  Launcher::template run_attention_fwd<T>(a, grid.programs, p.smem, dev);
   return {out, lse};
 }
 
 template <class Launcher>
-std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                 const at::Tensor& pos, at::TensorList psi, const at::Tensor& seg,
-                                                 const std::optional<at::Tensor>& valid, int64_t max_atoms,
-                                                 double scale, c10::string_view precision) {
+std::tuple<at::Tensor, at::Tensor> attention_fwd_glue(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                      const at::Tensor& pos, at::TensorList psi, const at::Tensor& seg,
+                                                      const std::optional<at::Tensor>& valid, int64_t max_atoms,
+                                                      double scale, c10::string_view precision) {
   const bool tc = use_tensor_cores(q.scalar_type(), precision);
   check_attention_inputs(q, k, v, pos, psi, seg, valid, max_atoms, /*allow_half=*/true);
   check_host_segments<Launcher>(seg, q.size(0), max_atoms);
@@ -239,39 +240,39 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::
   const std::vector<at::Tensor> psic = cast_all(psi, ct);
   at::Tensor out, lse;
   if (ct == at::kDouble) {
-    std::tie(out, lse) = attention_fwd_t<Launcher, double>(qc, kc, vc, pos, psic, grid, valid, scale, false);
+    std::tie(out, lse) = attention_fwd_typed<Launcher, double>(qc, kc, vc, pos, psic, grid, valid, scale, false);
   } else {
-    std::tie(out, lse) = attention_fwd_t<Launcher, float>(qc, kc, vc, pos, psic, grid, valid, scale, tc);
+    std::tie(out, lse) = attention_fwd_typed<Launcher, float>(qc, kc, vc, pos, psic, grid, valid, scale, tc);
   }
   return {out.to(q.scalar_type()), lse};  // lse stays float32 for float16 / bfloat16 inputs
 }
 
 template <class Launcher, class T>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> attention_bwd_t(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> attention_bwd_typed(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos,
     at::TensorList psi, const Grid& grid, const std::optional<at::Tensor>& valid, double scale,
     const at::Tensor& out, const at::Tensor& lse, bool tensor_cores) {
   const at::Device dev = q.device();
   const Prepared<T> p = prepare<Launcher, T>(psi, gt::kActRelu, gt::kActNone, tensor_cores, dev);
   B::AttentionArgs<T> a = attention_args<T>(q, k, v, pos, valid, grid, scale, p);
-  const at::Tensor dsum = (dout * out).sum(-1).contiguous();  // D_i = Σ_d dO_i·O_i  [R, H]
+  const at::Tensor delta = (dout * out).sum(-1).contiguous();  // delta_i = Σ_d dO_i·O_i  [R, H]
   at::Tensor dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
   at::Tensor dpos = at::zeros_like(pos);
   at::Tensor partial = at::zeros({grid.programs, p.mlp.view.grad_size}, q.options());
   a.dout = dout.data_ptr<T>();
-  a.dsum = dsum.data_ptr<T>();
+  a.delta = delta.data_ptr<T>();
   a.lse_in = lse.data_ptr<T>();
   a.dq = dq.data_ptr<T>();
   a.dk = dk.data_ptr<T>();
   a.dv = dv.data_ptr<T>();
   a.dpos = dpos.data_ptr<double>();
   a.grad_partial = partial.data_ptr<T>();
-  Launcher::template attention_bwd<T>(a, grid.programs, p.smem, dev);
+  Launcher::template run_attention_bwd<T>(a, grid.programs, p.smem, dev);
   return {dq, dk, dv, dpos, reduce_grad(p.mlp.view, partial, psi)};
 }
 
 template <class Launcher>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> attention_bwd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> attention_bwd_glue(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos,
     at::TensorList psi, const at::Tensor& seg, const std::optional<at::Tensor>& valid, int64_t max_atoms,
     double scale, c10::string_view precision, const at::Tensor& out, const at::Tensor& lse) {
@@ -287,10 +288,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
   std::vector<at::Tensor> dpsi;
   if (ct == at::kDouble) {
     std::tie(dq, dk, dv, dpos, dpsi) =
-        attention_bwd_t<Launcher, double>(dc, qc, kc, vc, pos, psic, grid, valid, scale, oc, lse, false);
+        attention_bwd_typed<Launcher, double>(dc, qc, kc, vc, pos, psic, grid, valid, scale, oc, lse, false);
   } else {
     std::tie(dq, dk, dv, dpos, dpsi) =
-        attention_bwd_t<Launcher, float>(dc, qc, kc, vc, pos, psic, grid, valid, scale, oc, lse, tc);
+        attention_bwd_typed<Launcher, float>(dc, qc, kc, vc, pos, psic, grid, valid, scale, oc, lse, tc);
   }
   for (size_t i = 0; i < dpsi.size(); ++i) dpsi[i] = dpsi[i].to(psi[i].scalar_type());
   const auto dt = q.scalar_type();
@@ -299,20 +300,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tenso
 
 // -------------------------------------------------------------------------------------------------- encoding
 template <class Launcher, class T>
-at::Tensor encoding_fwd_t(const at::Tensor& pos, at::TensorList phi, const Grid& grid,
-                          const std::optional<at::Tensor>& valid, bool tensor_cores) {
+at::Tensor encoding_fwd_typed(const at::Tensor& pos, at::TensorList phi, const Grid& grid,
+                              const std::optional<at::Tensor>& valid, bool tensor_cores) {
   const at::Device dev = pos.device();
   const Prepared<T> p = prepare<Launcher, T>(phi, gt::kActGelu, gt::kActGelu, tensor_cores, dev);
   B::EncodingArgs<T> e = encoding_args<T>(pos, valid, grid, p);
   at::Tensor s = at::zeros({pos.size(0)}, phi[0].options());
   e.s = s.data_ptr<T>();
-  Launcher::template encoding_fwd<T>(e, grid.programs, p.smem, dev);
+  Launcher::template run_encoding_fwd<T>(e, grid.programs, p.smem, dev);
   return s;
 }
 
 template <class Launcher>
-at::Tensor encoding_fwd(const at::Tensor& pos, at::TensorList phi, const at::Tensor& seg,
-                        const std::optional<at::Tensor>& valid, int64_t max_atoms, c10::string_view precision) {
+at::Tensor encoding_fwd_glue(const at::Tensor& pos, at::TensorList phi, const at::Tensor& seg,
+                             const std::optional<at::Tensor>& valid, int64_t max_atoms, c10::string_view precision) {
   const bool tc = use_tensor_cores(phi.empty() ? at::kFloat : phi[0].scalar_type(), precision);
   check_encoding_inputs(pos, phi, seg, valid, max_atoms, /*allow_half=*/true);
   check_host_segments<Launcher>(seg, pos.size(0), max_atoms);
@@ -320,16 +321,16 @@ at::Tensor encoding_fwd(const at::Tensor& pos, at::TensorList phi, const at::Ten
   const auto dt = phi[0].scalar_type();
   const std::vector<at::Tensor> phic = cast_all(phi, compute_dtype(dt));
   const at::Tensor s = compute_dtype(dt) == at::kDouble
-                           ? encoding_fwd_t<Launcher, double>(pos, phic, grid, valid, false)
-                           : encoding_fwd_t<Launcher, float>(pos, phic, grid, valid, tc);
+                           ? encoding_fwd_typed<Launcher, double>(pos, phic, grid, valid, false)
+                           : encoding_fwd_typed<Launcher, float>(pos, phic, grid, valid, tc);
   return s.to(dt);
 }
 
 template <class Launcher, class T>
-std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd_t(const at::Tensor& ds, const at::Tensor& pos,
-                                                               at::TensorList phi, const Grid& grid,
-                                                               const std::optional<at::Tensor>& valid,
-                                                               bool tensor_cores) {
+std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd_typed(const at::Tensor& ds, const at::Tensor& pos,
+                                                                   at::TensorList phi, const Grid& grid,
+                                                                   const std::optional<at::Tensor>& valid,
+                                                                   bool tensor_cores) {
   const at::Device dev = pos.device();
   const Prepared<T> p = prepare<Launcher, T>(phi, gt::kActGelu, gt::kActGelu, tensor_cores, dev);
   B::EncodingArgs<T> e = encoding_args<T>(pos, valid, grid, p);
@@ -338,15 +339,15 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd_t(const at::Tensor&
   e.ds = ds.data_ptr<T>();
   e.dpos = dpos.data_ptr<double>();
   e.grad_partial = partial.data_ptr<T>();
-  Launcher::template encoding_bwd<T>(e, grid.programs, p.smem, dev);
+  Launcher::template run_encoding_bwd<T>(e, grid.programs, p.smem, dev);
   return {dpos, reduce_grad(p.mlp.view, partial, phi)};
 }
 
 template <class Launcher>
-std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd(const at::Tensor& ds, const at::Tensor& pos,
-                                                             at::TensorList phi, const at::Tensor& seg,
-                                                             const std::optional<at::Tensor>& valid, int64_t max_atoms,
-                                                             c10::string_view precision) {
+std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd_glue(const at::Tensor& ds, const at::Tensor& pos,
+                                                                  at::TensorList phi, const at::Tensor& seg,
+                                                                  const std::optional<at::Tensor>& valid,
+                                                                  int64_t max_atoms, c10::string_view precision) {
   const bool tc = use_tensor_cores(phi.empty() ? at::kFloat : phi[0].scalar_type(), precision);
   check_encoding_inputs(pos, phi, seg, valid, max_atoms, /*allow_half=*/true);
   check_host_segments<Launcher>(seg, pos.size(0), max_atoms);
@@ -359,9 +360,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd(const at::Tensor& d
   at::Tensor dpos;
   std::vector<at::Tensor> dphi;
   if (ct == at::kDouble) {
-    std::tie(dpos, dphi) = encoding_bwd_t<Launcher, double>(dsc, pos, phic, grid, valid, false);
+    std::tie(dpos, dphi) = encoding_bwd_typed<Launcher, double>(dsc, pos, phic, grid, valid, false);
   } else {
-    std::tie(dpos, dphi) = encoding_bwd_t<Launcher, float>(dsc, pos, phic, grid, valid, tc);
+    std::tie(dpos, dphi) = encoding_bwd_typed<Launcher, float>(dsc, pos, phic, grid, valid, tc);
   }
   for (size_t i = 0; i < dphi.size(); ++i) dphi[i] = dphi[i].to(phi[i].scalar_type());
   return {dpos, dphi};

@@ -1,12 +1,12 @@
 // launch.h — host entry points of the CUDA kernels (attention.cu, encoding.cu). No torch and no CUDA headers:
 // the stream is passed as void* (a cudaStream_t), errors come back as the cudaError_t value (0 = success).
-// Called by the torch glue (ops_cuda.cpp through fused_glue.h).
+// Called by the CUDA launcher of the torch glue (../ops_cuda.cpp).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
-#include "block_kernels.h"
+#include "../block_programs.h"
 
 namespace gt {
 namespace blk {

@@ -1,4 +1,4 @@
-// device_block.cuh — the block interface of block_kernels.h on the GPU, and the launch helper shared by the
+// device_block.cuh — the block interface of ../block_programs.h on the GPU, and the launch helper shared by the
 // kernel files. Every thread of the block runs the program body; for_each_thread hands it its own index;
 // mma_tf32 is a block-wide tensor-core matmul (WMMA).
 #pragma once
@@ -6,7 +6,7 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
-#include "block_kernels.h"
+#include "../block_programs.h"
 
 namespace gt {
 namespace blk {

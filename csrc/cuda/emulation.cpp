@@ -1,14 +1,14 @@
-// cuda_emulation.cpp — runs the CUDA kernels' program bodies (cuda/block_kernels.h) on the host, one program
-// at a time and its threads one after another between barriers, with the same torch glue (fused_glue.h) as the
-// GPU build. Registered as the ops gtkernels_C::cuda_emulated_* on CPU tensors: `backend="cuda"` uses them for
-// CPU tensors when GTKERNELS_CUDA_EMULATE=1 (as Triton's interpreter), so the test suite executes the CUDA
-// kernels' indexing, tiling, masking and reductions on a machine without a GPU.
+// emulation.cpp — runs the CUDA block programs (block_programs.h) on the host, one program at a time and its
+// threads one after another between barriers, with the same torch glue (glue.h) as the GPU build. Compiled
+// into every build (no CUDA headers). Registered as the ops gtkernels_C::cuda_emulated_* on CPU tensors:
+// `backend="cuda"` uses them for CPU tensors when GTKERNELS_CUDA_EMULATE=1 (as Triton's interpreter), so the
+// test suite executes the CUDA kernels' indexing, tiling, masking and reductions on a machine without a GPU.
 //
 // GTKERNELS_CUDA_EMULATE_ORDER=reverse runs each phase's threads last to first. The kernels' rule is that no
 // thread reads, within a phase, what another thread writes in that phase; then both orders give bit-identical
 // results, which the tests check. The tensor-core matmul (b.mma_tf32) rounds its operands to TF32 as the GPU
-// does. (What the emulation cannot see: warp scheduling, memory ordering, shared
-// memory bank conflicts, register spills; those need the GPU and compute-sanitizer.)
+// does. (What the emulation cannot see: warp scheduling, memory ordering, shared memory bank conflicts,
+// register spills; those need the GPU and compute-sanitizer.)
 //
 // GTKERNELS_CUDA_EMULATE_UNCHECKED=1 (a test hook, read only here) runs the kernels as they run on a GPU, where
 // seg's values are not checked: the glue skips check_segment_values, so a bad seg or an undersized max_atoms
@@ -25,7 +25,7 @@
 #include <memory>
 #include <vector>
 
-#include "../fused_glue.h"
+#include "glue.h"
 
 namespace gtk {
 namespace {
@@ -150,7 +150,7 @@ struct HostLauncher {
 
   // Each launch runs on a copy of its arguments whose output pointers the test hook may move into frames.
   template <class T>
-  static void attention_fwd(const B::AttentionArgs<T>& args, int64_t n, size_t smem, const at::Device&) {
+  static void run_attention_fwd(const B::AttentionArgs<T>& args, int64_t n, size_t smem, const at::Device&) {
     B::AttentionArgs<T> a = args;
     const int64_t R = a.segs.n_rows, HD = static_cast<int64_t>(a.H) * a.D;
     Guards g(unchecked());
@@ -161,7 +161,7 @@ struct HostLauncher {
     g.finish();
   }
   template <class T>
-  static void attention_bwd(const B::AttentionArgs<T>& args, int64_t n, size_t smem, const at::Device&) {
+  static void run_attention_bwd(const B::AttentionArgs<T>& args, int64_t n, size_t smem, const at::Device&) {
     B::AttentionArgs<T> a = args;
     const int64_t R = a.segs.n_rows, HD = static_cast<int64_t>(a.H) * a.D;
     Guards g(unchecked());
@@ -174,7 +174,7 @@ struct HostLauncher {
     g.finish();
   }
   template <class T>
-  static void encoding_fwd(const B::EncodingArgs<T>& args, int64_t n, size_t smem, const at::Device&) {
+  static void run_encoding_fwd(const B::EncodingArgs<T>& args, int64_t n, size_t smem, const at::Device&) {
     B::EncodingArgs<T> e = args;
     Guards g(unchecked());
     g.add(e.s, e.segs.n_rows, "s");
@@ -182,7 +182,7 @@ struct HostLauncher {
     g.finish();
   }
   template <class T>
-  static void encoding_bwd(const B::EncodingArgs<T>& args, int64_t n, size_t smem, const at::Device&) {
+  static void run_encoding_bwd(const B::EncodingArgs<T>& args, int64_t n, size_t smem, const at::Device&) {
     B::EncodingArgs<T> e = args;
     Guards g(unchecked());
     g.add(e.dpos, e.segs.n_rows * 3, "dpos");
@@ -192,12 +192,18 @@ struct HostLauncher {
   }
 };
 
+// The torch entries of the emulated backend (schemas cuda_emulated_* in ../ops.cpp).
+constexpr auto attention_fwd_emulated = &glue::attention_fwd_glue<HostLauncher>;
+constexpr auto attention_bwd_emulated = &glue::attention_bwd_glue<HostLauncher>;
+constexpr auto encoding_fwd_emulated = &glue::encoding_fwd_glue<HostLauncher>;
+constexpr auto encoding_bwd_emulated = &glue::encoding_bwd_glue<HostLauncher>;
+
 }  // namespace
 }  // namespace gtk
 
 TORCH_LIBRARY_IMPL(gtkernels_C, CPU, m) {
-  m.impl("cuda_emulated_attention_fwd", &gtk::glue::attention_fwd<gtk::HostLauncher>);
-  m.impl("cuda_emulated_attention_bwd", &gtk::glue::attention_bwd<gtk::HostLauncher>);
-  m.impl("cuda_emulated_encoding_fwd", &gtk::glue::encoding_fwd<gtk::HostLauncher>);
-  m.impl("cuda_emulated_encoding_bwd", &gtk::glue::encoding_bwd<gtk::HostLauncher>);
+  m.impl("cuda_emulated_attention_fwd", gtk::attention_fwd_emulated);
+  m.impl("cuda_emulated_attention_bwd", gtk::attention_bwd_emulated);
+  m.impl("cuda_emulated_encoding_fwd", gtk::encoding_fwd_emulated);
+  m.impl("cuda_emulated_encoding_bwd", gtk::encoding_bwd_emulated);
 }

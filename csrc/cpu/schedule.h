@@ -1,5 +1,6 @@
-// cpu_common.h — shared by the CPU kernels: the task schedule over segments (blocks of rows, phases of
-// disjoint block pairs), the OpenMP thread count, and the kernel entry points called by ops.cpp.
+// schedule.h — the torch side shared by the CPU kernels (attention_cpu.cpp, encoding_cpu.cpp): the task schedule
+// over segments (blocks of rows, phases of disjoint block pairs), the OpenMP thread count, the per-thread
+// gradient buffers and their reduction, the unpacking of the flat MLP gradient, and the kernels' entries.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -16,7 +17,7 @@
 #endif
 
 #include "../mlp_pack.h"
-#include "../pair_math.h"
+#include "simd_tiles.h"
 
 namespace gtk {
 
@@ -167,21 +168,21 @@ std::vector<T> reduce_partials(const std::vector<T>& partials, int nt, int64_t s
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Kernel entry points (inputs already checked by ops.cpp).
-std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+// The CPU kernels (attention_cpu.cpp, encoding_cpu.cpp), run by the CPU entries of ops_cpu.cpp on checked inputs.
+std::tuple<at::Tensor, at::Tensor> run_attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                      const at::Tensor& pos, at::TensorList psi,
                                                      const at::Tensor& seg, const std::optional<at::Tensor>& valid,
                                                      double scale);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> attention_bwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> run_attention_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos,
     at::TensorList psi, const at::Tensor& seg, const std::optional<at::Tensor>& valid, double scale,
     const at::Tensor& out, const at::Tensor& lse);
 
-at::Tensor encoding_fwd_cpu(const at::Tensor& pos, at::TensorList phi, const at::Tensor& seg,
+at::Tensor run_encoding_fwd(const at::Tensor& pos, at::TensorList phi, const at::Tensor& seg,
                             const std::optional<at::Tensor>& valid);
 
-std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd_cpu(const at::Tensor& ds, const at::Tensor& pos,
+std::tuple<at::Tensor, std::vector<at::Tensor>> run_encoding_bwd(const at::Tensor& ds, const at::Tensor& pos,
                                                                  at::TensorList phi, const at::Tensor& seg,
                                                                  const std::optional<at::Tensor>& valid);
 
