@@ -176,11 +176,11 @@ def _prepare(q, psi, seg, valid, max_atoms, precision):
     if dp > MAX_HEAD_DIM:
         raise ValueError(f"backend='triton' supports head dims d_k <= {MAX_HEAD_DIM}, got {D}; use "
                          "backend='cuda' or 'reference'")
-    valid_t = valid if valid is not None else seg
+    valid_arg = valid if valid is not None else seg   # a stand-in pointer, never read without HAS_VALID
     const = dict(HAS_VALID=valid is not None, BM=geo.block, BN=geo.block, RG=geo.group_rows, DP=dp, SMALL=small,
                  HP=hp, NH=nh, CP=geo.chunk, UB=geo.units, CD=num.CD, DD=num.DD, PREC=num.PREC, HPREC=num.HPREC,
                  **compile_options(geo.block))
-    return num, prm, nh, hp, geo, valid_t, const
+    return num, prm, nh, hp, geo, valid_arg, const
 
 
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor], seg: Tensor,
@@ -198,7 +198,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor
         otherwise; −inf for rows with no allowed key).
     """
     R, H, D = q.shape
-    num, prm, nh, hp, geo, valid_t, const = _prepare(q, psi, seg, valid, max_atoms, precision)
+    num, prm, nh, hp, geo, valid_arg, const = _prepare(q, psi, seg, valid, max_atoms, precision)
     out = torch.zeros_like(q)
     lse = torch.full((R, H), float("-inf"), dtype=lse_dtype(q.dtype), device=q.device)
     if R == 0 or H == 0 or D == 0 or geo.n_tiles == 0:
@@ -210,7 +210,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor
     l_buf = torch.empty_like(m_buf)
     acc = out if q.dtype == num.cd else torch.empty((R, H, D), dtype=num.cd, device=q.device)
     launch(_attention_fwd_kernel, (geo.programs,), q.device,
-             q, k, v, pos, valid_t, seg, prm, scratch, m_buf, l_buf, acc, out, lse, R, H, D, max_atoms,
+             q, k, v, pos, valid_arg, seg, prm, scratch, m_buf, l_buf, acc, out, lse, R, H, D, max_atoms,
              geo.per_molecule, geo.n_tiles, float(scale), **const)
     return out, lse
 
@@ -227,7 +227,7 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, ps
         of ``psi``).
     """
     R, H, D = q.shape
-    num, prm, nh, hp, geo, valid_t, const = _prepare(q, psi, seg, valid, max_atoms, precision)
+    num, prm, nh, hp, geo, valid_arg, const = _prepare(q, psi, seg, valid, max_atoms, precision)
     dpos = torch.zeros((R, 3), dtype=torch.float64, device=q.device)
     if R == 0 or H == 0 or D == 0 or geo.n_tiles == 0:
         return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), dpos,
@@ -238,7 +238,7 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, ps
     scratch = torch.empty(geo.programs * (4 * np_ + (nh + 3) * geo.chunk * hp), dtype=num.cd, device=q.device)
     grd = torch.zeros((geo.programs, prm.numel()), dtype=torch.float64, device=q.device)
     launch(_attention_bwd_kernel, (geo.programs,), q.device,
-             dout.contiguous(), q, k, v, pos, valid_t, seg, prm, scratch, grd, lse.to(num.cd).contiguous(), delta,
+             dout.contiguous(), q, k, v, pos, valid_arg, seg, prm, scratch, grd, lse.to(num.cd).contiguous(), delta,
              dq, dk, dv, dpos, R, H, D, max_atoms, geo.per_molecule, geo.n_tiles, prm.numel(), float(scale),
              **const)
     dpsi = unpack_grads(grd.sum(0), psi)

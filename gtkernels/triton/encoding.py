@@ -93,13 +93,13 @@ def encoding_fwd(pos: Tensor, phi: List[Tensor], seg: Tensor, valid: Optional[Te
     """s ``[R]`` in the dtype of the φ parameters, from float64 ``pos [R, 3]``, φ ``[W0, b0, ..., Wn, bn]``,
     int64 ``seg [B + 1]``, bool ``valid [R]`` or None and the host bound ``max_atoms``; 0 for padding rows."""
     R = pos.shape[0]
-    num, prm, nh, hp, geo, valid_t, const = _prepare(pos, phi, seg, valid, max_atoms, precision)
+    num, prm, nh, hp, geo, valid_arg, const = _prepare(pos, phi, seg, valid, max_atoms, precision)
     s = torch.zeros(R, dtype=phi[0].dtype, device=pos.device)
     if R == 0 or geo.n_tiles == 0:
         return s
     scratch = torch.empty(geo.programs * (2 * geo.block ** 2 + 2 * geo.chunk * hp), dtype=num.cd,
                           device=pos.device)
-    launch(_encoding_fwd_kernel, (geo.programs,), pos.device, pos, valid_t, seg, prm, scratch, s, R, max_atoms,
+    launch(_encoding_fwd_kernel, (geo.programs,), pos.device, pos, valid_arg, seg, prm, scratch, s, R, max_atoms,
              geo.per_molecule, geo.n_tiles, **const)
     return s
 
@@ -108,13 +108,13 @@ def encoding_bwd(ds: Tensor, pos: Tensor, phi: List[Tensor], seg: Tensor, valid:
                  precision: str) -> Tuple[Tensor, List[Tensor]]:
     """Backward of :func:`encoding_fwd`: ``dpos [R, 3]`` float64 and the φ gradients (shapes/dtypes of φ)."""
     R = pos.shape[0]
-    num, prm, nh, hp, geo, valid_t, const = _prepare(pos, phi, seg, valid, max_atoms, precision)
+    num, prm, nh, hp, geo, valid_arg, const = _prepare(pos, phi, seg, valid, max_atoms, precision)
     dpos = torch.zeros((R, 3), dtype=torch.float64, device=pos.device)
     if R == 0 or geo.n_tiles == 0:
         return dpos, [torch.zeros_like(p) for p in phi]
     scratch = torch.empty(geo.programs * (3 * geo.block ** 2 + (nh + 3) * geo.chunk * hp), dtype=num.cd,
                           device=pos.device)
     grd = torch.zeros((geo.programs, prm.numel()), dtype=torch.float64, device=pos.device)
-    launch(_encoding_bwd_kernel, (geo.programs,), pos.device, ds.contiguous(), pos, valid_t, seg, prm, scratch,
+    launch(_encoding_bwd_kernel, (geo.programs,), pos.device, ds.contiguous(), pos, valid_arg, seg, prm, scratch,
              grd, dpos, R, max_atoms, geo.per_molecule, geo.n_tiles, prm.numel(), **const)
     return dpos, unpack_grads(grd.sum(0), phi)

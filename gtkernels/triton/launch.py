@@ -74,12 +74,12 @@ def hidden_pad(params: Sequence[Tensor]) -> int:
     return max(16, triton.next_power_of_2(width))
 
 
-def check_mlp(name: str, params: Sequence[Tensor]) -> Tuple[int, int]:
+def check_mlp(params: Sequence[Tensor]) -> Tuple[int, int]:
     """(NH, HP) of an MLP the kernels can run, else ValueError."""
     n = len(params) // 2
     hp = hidden_pad(params)
     if n - 2 > MAX_MLP_HIDDEN or hp > MAX_MLP_WIDTH:
-        raise ValueError(f"backend='triton' supports {name} MLPs of at most {MAX_MLP_LAYERS} Linear layers of width "
+        raise ValueError(f"backend='triton' supports MLPs of at most {MAX_MLP_LAYERS} Linear layers of width "
                          f"<= {MAX_MLP_WIDTH}, got {n} layers of width up to {hp}; use backend='reference'")
     return n - 2, hp
 
@@ -87,7 +87,7 @@ def check_mlp(name: str, params: Sequence[Tensor]) -> Tuple[int, int]:
 def pack_mlp(params: Sequence[Tensor], dtype: torch.dtype) -> Tuple[Tensor, int, int]:
     """``[W0, b0, ..., Wn, bn]`` (nn.Linear layout) → the flat zero-padded buffer of :mod:`.helpers`, built
     on the parameters' device with tensor ops (no host copy). Returns ``(buffer, NH, HP)``."""
-    nh, hp = check_mlp("the", params)
+    nh, hp = check_mlp(params)
     dev = params[0].device
     if nh < 0:  # Linear(1→1): [w (HP) | b (HP)], only the first entries used
         flat = torch.zeros(2, hp, dtype=dtype, device=dev)
