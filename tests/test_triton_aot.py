@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from gtkernels.contract import MAX_MLP_HIDDEN, MAX_MLP_WIDTH
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "triton_aot.py")
 
@@ -43,19 +45,19 @@ def test_capture_has_no_host_errors(captured):
 def test_every_axis_value_is_compiled(captured):
     """Block sizes, dtypes and precisions, MLP widths (HP) and depths (NH), head dims (small and tl.dot paths)
     and the padding mask, for each of the four kernels: the values the launchers can choose."""
-    import gtkernels.triton.launch as L
+    from gtkernels.triton import launch
     rec = captured["records"]
     for kernel in _load_tool().KERNELS:
-        assert _values(rec, kernel, "BM") == set(L.WARPS), kernel                       # 16 and 32
+        assert _values(rec, kernel, "BM") == set(launch.WARPS), kernel                       # 16 and 32
         assert _values(rec, kernel, "HAS_VALID") == {True, False}, kernel
-        assert _values(rec, kernel, "HP") >= {16, 64, L.MAX_WIDTH}, kernel
-        assert _values(rec, kernel, "NH") == set(range(-1, L.MAX_HIDDEN + 1)), kernel    # Linear(1→1) .. 3 hidden
+        assert _values(rec, kernel, "HP") >= {16, 64, MAX_MLP_WIDTH}, kernel
+        assert _values(rec, kernel, "NH") == set(range(-1, MAX_MLP_HIDDEN + 1)), kernel    # Linear(1→1) .. 3 hidden
         assert _values(rec, kernel, "CD") == {"fp32", "fp64"}, kernel
         assert _values(rec, kernel, "DD") == {"fp32", "fp64", "fp16", "bf16"}, kernel
         assert _values(rec, kernel, "PREC") == {"ieee", "tf32"}, kernel
         if kernel.startswith("_attention"):
             assert _values(rec, kernel, "SMALL") == {True, False}, kernel
-            assert _values(rec, kernel, "DP") >= {1, 2, 4, 16, 64, L.MAX_HEAD_DIM}, kernel
+            assert _values(rec, kernel, "DP") >= {1, 2, 4, 16, 64, launch.MAX_HEAD_DIM}, kernel
     # float32 runs both precisions (the only dtype where they differ)
     f32 = {a["v"] for r in rec for a in r["args"] if a["name"] == "PREC"
            and any(b["name"] == "DD" and b["v"] == "fp32" for b in r["args"])}
@@ -77,10 +79,10 @@ def test_the_gate_fails_over_a_limit():
 
 
 def test_ladder_starts_with_the_default_and_changes_no_scratch():
-    import gtkernels.triton.launch as L
+    from gtkernels.triton import launch
     const = {"BM": 32, "BN": 32, "UB": 32, "CP": 32, "num_warps": 8, "RG": 8}
-    rungs = L.ladder(const)
+    rungs = launch.ladder(const)
     assert rungs[0] == {} and len(rungs) == 4
     assert all(set(r) <= {"UB", "num_warps", "RG"} for r in rungs)          # CP (the scratch size) never changes
     assert all(r["RG"] == r["num_warps"] * 32 // const["BN"] for r in rungs if "num_warps" in r)   # a pair per thread
-    assert L.ladder({"BM": 16, "BN": 16, "UB": 16, "num_warps": 4}) == [{}, {"num_warps": 8, "RG": 16}]
+    assert launch.ladder({"BM": 16, "BN": 16, "UB": 16, "num_warps": 4}) == [{}, {"num_warps": 8, "RG": 16}]

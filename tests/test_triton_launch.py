@@ -16,8 +16,7 @@ pytestmark = pytest.mark.skipif(not gtkernels._backends.triton_available()
                                 reason="runs the Triton kernels under the interpreter (CPU only)")
 
 if not pytestmark.args[0]:
-    from gtkernels import triton as T
-    from gtkernels.triton import attention as TA, encoding as TE, launch as L
+    from gtkernels.triton import attention, encoding, launch
 
 KERNELS = ("_attention_fwd_kernel", "_attention_bwd_kernel", "_encoding_fwd_kernel", "_encoding_bwd_kernel")
 
@@ -40,9 +39,9 @@ def test_every_launch_is_inside_a_device_guard_for_the_tensors_device(monkeypatc
         finally:
             active.pop()
 
-    monkeypatch.setattr(L, "device_guard", guard)
+    monkeypatch.setattr(launch, "device_guard", guard)
     for name in KERNELS:
-        module = TA if name.startswith("_attention") else TE
+        module = attention if name.startswith("_attention") else encoding
         kern = getattr(module, name)
         real = kern.run
 
@@ -54,24 +53,24 @@ def test_every_launch_is_inside_a_device_guard_for_the_tensors_device(monkeypatc
         monkeypatch.setattr(kern, "run", run)
     (q, k, v), pos, seg, n = _rows([5, 3])
     psi = [p.detach() for p in mlp_params([8, 8])]
-    out, lse = T.attention_fwd(q, k, v, pos, psi, seg, None, n, 0.5, "ieee")
-    T.attention_bwd(torch.ones_like(out), q, k, v, pos, psi, seg, None, n, 0.5, "ieee", out, lse)
-    s = T.encoding_fwd(pos, psi, seg, None, n, "ieee")
-    T.encoding_bwd(torch.ones_like(s), pos, psi, seg, None, n, "ieee")
+    out, lse = attention.attention_fwd(q, k, v, pos, psi, seg, None, n, 0.5, "ieee")
+    attention.attention_bwd(torch.ones_like(out), q, k, v, pos, psi, seg, None, n, 0.5, "ieee", out, lse)
+    s = encoding.encoding_fwd(pos, psi, seg, None, n, "ieee")
+    encoding.encoding_bwd(torch.ones_like(s), pos, psi, seg, None, n, "ieee")
     assert sorted(name for name, _, _ in launches) == sorted(KERNELS)
     for name, guards, devices in launches:
         assert len(guards) == 1 and devices == {guards[0]}, (name, guards, devices)
 
 
 def test_device_guard_selects_the_tensors_cuda_device():
-    g = L.device_guard(torch.device("cuda", 1))
+    g = launch.device_guard(torch.device("cuda", 1))
     assert isinstance(g, torch.cuda.device) and g.idx == 1
-    assert isinstance(L.device_guard(torch.device("cpu")), contextlib.nullcontext)
+    assert isinstance(launch.device_guard(torch.device("cpu")), contextlib.nullcontext)
 
 
 def test_kernels_are_only_launched_through_launch():
     """No ``kernel[grid](...)`` outside launch.launch: a new launch site cannot forget the guard."""
-    folder = os.path.dirname(T.__file__)
+    folder = os.path.dirname(launch.__file__)
     for name in sorted(os.listdir(folder)):
         if not name.endswith(".py"):
             continue
@@ -95,22 +94,22 @@ def test_seg_is_validated_as_the_cpp_ops_do(mutate, match):
     (q, k, v), pos, seg, n = _rows([5, 3])
     psi = [p.detach() for p in mlp_params([8])]
     with pytest.raises(ValueError, match=match):
-        T.attention_fwd(q, k, v, pos, psi, mutate(seg), None, 8, 0.5, "ieee")
+        attention.attention_fwd(q, k, v, pos, psi, mutate(seg), None, 8, 0.5, "ieee")
     with pytest.raises(ValueError, match=match):
-        T.encoding_fwd(pos, psi, mutate(seg), None, 8, "ieee")
+        encoding.encoding_fwd(pos, psi, mutate(seg), None, 8, "ieee")
 
 
 def test_max_atoms_and_valid_are_validated():
     (q, k, v), pos, seg, n = _rows([5, 3])
     psi = [p.detach() for p in mlp_params([8])]
     with pytest.raises(ValueError, match="molecule 0 has 5 rows, more than max_atoms = 4"):
-        T.attention_fwd(q, k, v, pos, psi, seg, None, 4, 0.5, "ieee")
+        attention.attention_fwd(q, k, v, pos, psi, seg, None, 4, 0.5, "ieee")
     with pytest.raises(ValueError, match=r"valid must have shape \[8\]"):
-        T.attention_fwd(q, k, v, pos, psi, seg, torch.ones(7, dtype=torch.bool), 5, 0.5, "ieee")
+        attention.attention_fwd(q, k, v, pos, psi, seg, torch.ones(7, dtype=torch.bool), 5, 0.5, "ieee")
     with pytest.raises(ValueError, match="valid must be a bool tensor"):
-        T.encoding_fwd(pos, psi, seg, torch.ones(8), 5, "ieee")
+        encoding.encoding_fwd(pos, psi, seg, torch.ones(8), 5, "ieee")
     with pytest.raises(ValueError, match="precision must be 'ieee' or 'tf32'"):
-        T.attention_fwd(q, k, v, pos, psi, seg, None, 5, 0.5, "fast")
+        attention.attention_fwd(q, k, v, pos, psi, seg, None, 5, 0.5, "fast")
 
 
 def _guarded(t, guard=64):
@@ -124,7 +123,7 @@ def _guarded(t, guard=64):
 def test_unchecked_bad_seg_stays_in_bounds(monkeypatch, bad):
     """With the host checks skipped (as on a GPU), a bad seg is clamped into [0, R]: the kernels neither read
     outside the inputs (NaN guards would leak into the outputs) nor write outside the outputs."""
-    monkeypatch.setattr(L, "check_segment_values", lambda *a: None)
+    monkeypatch.setattr(launch, "check_segment_values", lambda *a: None)
     (q, k, v), pos, _, _ = _rows([5, 3])
     guards = [_guarded(t) for t in (q, k, v, pos)]
     (qb, q), (kb, k), (vb, v), (pb, pos) = guards
@@ -137,7 +136,7 @@ def test_unchecked_bad_seg_stays_in_bounds(monkeypatch, bad):
         return out if t is q else real_zeros_like(t, *a, **kw)
 
     monkeypatch.setattr(torch, "zeros_like", zeros_like)
-    o, lse = T.attention_fwd(q, k, v, pos, psi, seg, None, 8, 0.5, "ieee")
+    o, lse = attention.attention_fwd(q, k, v, pos, psi, seg, None, 8, 0.5, "ieee")
     monkeypatch.undo()
     assert o.data_ptr() == out.data_ptr()
     assert torch.isnan(outbuf[:64]).all() and torch.isnan(outbuf[-64:]).all(), "write outside the output"
@@ -147,16 +146,16 @@ def test_unchecked_bad_seg_stays_in_bounds(monkeypatch, bad):
 
 
 def test_molecule_longer_than_max_atoms_is_nan_not_partial(monkeypatch):
-    monkeypatch.setattr(L, "check_segment_values", lambda *a: None)
+    monkeypatch.setattr(launch, "check_segment_values", lambda *a: None)
     (q, k, v), pos, seg, _ = _rows([40, 3], heads=2, d=3)
     psi = [p.detach() for p in mlp_params([8])]
-    out, lse = T.attention_fwd(q, k, v, pos, psi, seg, None, 32, 0.5, "ieee")
+    out, lse = attention.attention_fwd(q, k, v, pos, psi, seg, None, 32, 0.5, "ieee")
     assert torch.isnan(out[:32]).all() and torch.isnan(lse[:32]).all()      # the long molecule's covered rows
     assert torch.isfinite(out[40:]).all() and torch.isfinite(lse[40:]).all()   # the other molecule is intact
-    dq, dk, dv, dpos, dpsi = T.attention_bwd(torch.ones_like(out), q, k, v, pos, psi, seg, None, 32, 0.5, "ieee",
-                                             out.nan_to_num(), lse.nan_to_num())
+    dq, dk, dv, dpos, dpsi = attention.attention_bwd(torch.ones_like(out), q, k, v, pos, psi, seg, None, 32, 0.5,
+                                                     "ieee", out.nan_to_num(), lse.nan_to_num())
     assert torch.isnan(dpos[:32]).all() and torch.isnan(dq[:32]).all() and torch.isfinite(dpos[40:]).all()
-    s = T.encoding_fwd(pos, psi, seg, None, 32, "ieee")
+    s = encoding.encoding_fwd(pos, psi, seg, None, 32, "ieee")
     assert torch.isnan(s[:32]).all() and torch.isfinite(s[40:]).all()
 
 
@@ -183,13 +182,13 @@ def test_gpu_launch_takes_the_first_spill_free_rung(monkeypatch):
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launched.append(dict(kwargs))
 
-    monkeypatch.setattr(L, "device_guard", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(L, "_CHOSEN", {})
+    monkeypatch.setattr(launch, "device_guard", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(launch, "_CHOSEN", {})
     const = dict(BM=32, BN=32, UB=32, RG=8, num_warps=8, num_stages=1, maxnreg=255)
     args = (torch.zeros(4), 7)
-    L.launch(FakeKernel(), (3,), torch.device("cuda"), *args, **const)
+    launch.launch(FakeKernel(), (3,), torch.device("cuda"), *args, **const)
     assert [c["UB"] for c in compiled] == [32, 16] and launched[-1]["UB"] == 16
-    L.launch(FakeKernel(), (3,), torch.device("cuda"), *args, **const)
+    launch.launch(FakeKernel(), (3,), torch.device("cuda"), *args, **const)
     assert len(compiled) == 2 and launched[-1]["UB"] == 16          # the choice is kept
-    L.launch(FakeKernel(), (3,), torch.device("cpu"), *args, **const)
+    launch.launch(FakeKernel(), (3,), torch.device("cpu"), *args, **const)
     assert len(compiled) == 2 and launched[-1]["UB"] == 32          # no ladder on CPU (the interpreter)

@@ -24,7 +24,8 @@ nothing.
    instructions in the PTX, compile time. Exit 1 on a compile error, shared memory over the limit, or a spill.
 
 Results are cached in --cache (default build/triton-aot), keyed by the triton version, a hash of
-gtkernels/triton/*.py and the specialisation, so a re-run compiles only what changed.
+gtkernels/triton/*.py and gtkernels/contract.py (which the kernels read) and the specialisation, so a re-run
+compiles only what changed.
 """
 from __future__ import annotations
 
@@ -99,10 +100,10 @@ def capture(names):
     import torch
     import triton.language as tl
     import gtkernels
-    import gtkernels._backends as B
-    import gtkernels.triton.launch as L
+    import gtkernels._backends
+    from gtkernels.triton import launch
 
-    L.INTERPRETER_GEOMETRY = False    # record the GPU's chunk sizes and blocks, not the interpreter's
+    launch.INTERPRETER_GEOMETRY = False    # record the GPU's chunk sizes and blocks, not the interpreter's
     records, errors = [], []
     context = {}
     for kname, mod in KERNELS.items():
@@ -131,8 +132,9 @@ def capture(names):
             records.append({"config": context["config"], "kernel": _name, "args": rec, "options": options})
 
         kern.run = run
-    saved = B.CPU_DTYPES
-    B.CPU_DTYPES = tuple(saved) + (torch.float16, torch.bfloat16)   # accepted on CUDA; nothing executes here
+    saved = gtkernels._backends.CPU_DTYPES
+    # accepted on CUDA; nothing executes here
+    gtkernels._backends.CPU_DTYPES = tuple(saved) + (torch.float16, torch.bfloat16)
     by_name = {c["name"]: c for c in configs()}
     for name in names:
         cfg = by_name[name]
@@ -141,7 +143,7 @@ def capture(names):
             _run_config(cfg)
         except Exception as exc:  # a host-side failure is a finding too
             errors.append({"config": name, "error": f"{type(exc).__name__}: {exc}"})
-    B.CPU_DTYPES = saved
+    gtkernels._backends.CPU_DTYPES = saved
     return {"records": records, "errors": errors}
 
 
@@ -217,11 +219,11 @@ def _bin(name):
 
 
 def _ptxas(cc):
-    import triton.backends.nvidia.compiler as NC
+    from triton.backends.nvidia.compiler import get_ptxas
     try:
-        return NC.get_ptxas(cc).path
+        return get_ptxas(cc).path
     except TypeError:
-        return NC.get_ptxas().path
+        return get_ptxas().path
 
 
 def compile_one(rec, cc):
@@ -232,7 +234,7 @@ def compile_one(rec, cc):
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
-    from triton.runtime import jit as J
+    from triton.runtime.jit import create_function_from_signature
 
     fn = getattr(importlib.import_module(KERNELS[rec["kernel"]]), rec["kernel"])
     values = {}
@@ -250,7 +252,7 @@ def compile_one(rec, cc):
     kwargs["debug"] = False
     target = GPUTarget("cuda", cc, 32)
     backend = make_backend(target)
-    binder = J.create_function_from_signature(fn.signature, fn.params, backend)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound_args, specialization, options = binder(*pos_args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
     t0 = time.time()
@@ -288,10 +290,10 @@ def compile_one(rec, cc):
 def _source_hash():
     h = hashlib.sha256()
     folder = os.path.join(ROOT, "gtkernels", "triton")
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            with open(os.path.join(folder, name), "rb") as fh:
-                h.update(name.encode() + fh.read())
+    paths = [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.endswith(".py")]
+    for path in paths + [os.path.join(ROOT, "gtkernels", "contract.py")]:
+        with open(path, "rb") as fh:
+            h.update(os.path.basename(path).encode() + fh.read())
     return h.hexdigest()[:16]
 
 
@@ -369,7 +371,7 @@ def main():
     jobs = [(k, cc) for k in uniq for cc in archs]
 
     sys.path.insert(0, ROOT)           # the checkout's gtkernels (also where it is not installed)
-    import gtkernels.triton.launch as L
+    from gtkernels.triton.launch import ladder
 
     def compile_job(record, cc, tag):
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
@@ -395,7 +397,7 @@ def main():
         const = {a["name"]: a.get("v") for a in rec["args"]}
         const.update(rec["options"])
         tried = []
-        for n, rung in enumerate(L.ladder(const)):
+        for n, rung in enumerate(ladder(const)):
             variant = json.loads(json.dumps(rec))
             for a in variant["args"]:
                 if a["name"] in rung:
@@ -472,12 +474,13 @@ def report(rows, info, host_errors, failures):
              "",
              "| kernel | dtype | prec | mask | BM | DP | HP | NH | CP | arch | rung | smem B | regs | spill st/ld B | "
              "mma | compile s | status |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: "
-             "| --- |"]
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: "
+             "| ---: | --- |"]
     for ax, cc, res, problems, _ in rows:
         status = "ok" if not problems else "**" + "; ".join(problems) + "**"
         lines.append(f"| {ax['kernel']} | {ax['dtype']} | {ax['prec']} | {'yes' if ax['valid'] else 'no'} | "
-                     f"{ax['BM']} | {ax['DP']} | {ax['HP']} | {ax['NH']} | {ax['CP']} | sm_{cc} | {res.get('rung', 0)} | "
+                     f"{ax['BM']} | {ax['DP']} | {ax['HP']} | {ax['NH']} | {ax['CP']} | sm_{cc} | "
+                     f"{res.get('rung', 0)} | "
                      f"{res.get('shared', '-'):,} | {res.get('regs', '-')} | "
                      f"{res.get('spill_stores', '-')} / {res.get('spill_loads', '-')} | {res.get('mma', '-')} | "
                      f"{res.get('compile_s', '-')} | {status} |" if res.get("ok") else

@@ -28,8 +28,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import helpers as J
-from . import launch as L
+from ..contract import lse_dtype
+from .helpers import (PSI_HIDDEN_ACT, PSI_OUT_ACT, accumulate, backprop_to_positions, in_loop, mlp_map,
+                      poison_positions, program_scratch, row_ok, scores, tile_rinv, tile_rows)
+from .launch import (MAX_HEAD_DIM, check_segments, compile_options, launch, numerics, pack_mlp, small_head, tiles,
+                     unpack_grads)
 
 
 @triton.jit
@@ -40,11 +43,7 @@ def _attention_fwd_kernel(Q, K, V, POS, VALID, SEG, PRM, SCR, M, LS, ACC, OUT, L
                           PREC: tl.constexpr, HPREC: tl.constexpr):
     NP: tl.constexpr = BM * BN
     pid = tl.program_id(0)
-    scr = SCR + pid.to(tl.int64) * (2 * NP + 2 * CP * HP)   # this program's scratch: rinv | ψ | MLP slabs
-    XS = scr
-    YS = scr + NP
-    SLABS = scr + 2 * NP
-    pairs = J.tile_offsets(BM, BN)
+    XS, YS, _, _, SLABS, pairs = program_scratch(SCR, 2, 2, BM, BN, CP, HP)   # rinv | ψ | MLP slabs
     scale = tl.full([], SCALE, CD)      # (a Python float under the interpreter: exact there too)
     HD = H * D
     # addresses: a scalar base per tile (int64) plus int32 offsets within the tile, shared by every tensor of
@@ -52,26 +51,26 @@ def _attention_fwd_kernel(Q, K, V, POS, VALID, SEG, PRM, SCR, M, LS, ACC, OUT, L
     i = tl.arange(0, BM)[:, None]
     j = tl.arange(0, BN)[None, :]
     for tile in tl.range(pid, n_tiles, tl.num_programs(0), loop_unroll_factor=1, disable_licm=True):
-        s0, s1, r0, poison = J.tile_rows(SEG, tile, R, T, MAXA, BM)
+        s0, s1, r0, poison = tile_rows(SEG, tile, R, T, MAXA, BM)
         if r0 < s1:
             rin = r0 + i < s1
-            rok = J.row_ok(VALID, r0 + i, rin, HAS_VALID)               # [BM, 1]
+            rok = row_ok(VALID, r0 + i, rin, HAS_VALID)               # [BM, 1]
             for c0 in tl.range(s0, s1, BN, loop_unroll_factor=1, disable_licm=True):
-                cok = J.row_ok(VALID, c0 + j, c0 + j < s1, HAS_VALID)   # [1, BN]
+                cok = row_ok(VALID, c0 + j, c0 + j < s1, HAS_VALID)   # [1, BN]
                 allowed = rok & cok & (i + (r0 - c0) != j)
-                J.tile_rinv(XS, POS, VALID, r0, c0, s1, BM, BN, RG, HAS_VALID, CD)
-                J.mlp_map(XS, YS, PRM, SLABS, NP, J.RELU, J.NONE, NH, HP, CP, UB, CD, DD, PREC)
+                tile_rinv(XS, POS, VALID, r0, c0, s1, BM, BN, RG, HAS_VALID, CD)
+                mlp_map(XS, YS, PRM, SLABS, NP, PSI_HIDDEN_ACT, PSI_OUT_ACT, NH, HP, CP, UB, CD, DD, PREC)
                 g = tl.load(YS + pairs)
                 g = g * g                               # the gate ψ², shared by every head
                 later = i * 0 + c0 > s0                 # a previous key block left state to read
                 last = c0 + BN >= s1
                 for h in tl.range(H, loop_unroll_factor=1, disable_licm=True):
-                    ro = J.in_loop(i * HD + h * D)
-                    co = J.in_loop(j * HD + h * D)
+                    ro = in_loop(i * HD + h * D)
+                    co = in_loop(j * HD + h * D)
                     # tile bases recomputed in the loop (scalars: cheaper than live registers across it)
-                    s = J.scores(Q + r0 * HD, K + c0 * HD, ro, co, rok, cok, D, DP, SMALL, DD, CD, HPREC) * scale
+                    s = scores(Q + r0 * HD, K + c0 * HD, ro, co, rok, cok, D, DP, SMALL, DD, CD, HPREC) * scale
                     s = tl.where(allowed, s, float("-inf"))
-                    mo = r0 * H + J.in_loop(i * H + h)
+                    mo = r0 * H + in_loop(i * H + h)
                     m_old = tl.load(M + mo, mask=later & rin, other=float("-inf"))
                     l_old = tl.load(LS + mo, mask=later & rin, other=0.0)
                     m_new = tl.maximum(m_old, tl.max(s, axis=1, keep_dims=True))
@@ -84,12 +83,12 @@ def _attention_fwd_kernel(Q, K, V, POS, VALID, SEG, PRM, SCR, M, LS, ACC, OUT, L
                         has = l_new > 0.0        # padding rows, one-atom molecules: out 0, lse −inf
                         l_safe = tl.where(has, l_new, 1.0)
                         post = tl.where(poison, float("nan"), tl.where(has, 1.0 / l_safe, 0.0))
-                        J.accumulate(ACC + r0 * HD, OUT + r0 * HD, ro, rin, later, alpha, post, p * g, V + c0 * HD, co,
+                        accumulate(ACC + r0 * HD, OUT + r0 * HD, ro, rin, later, alpha, post, p * g, V + c0 * HD, co,
                                      cok, D, DP, SMALL, DD, CD, HPREC)
                         lse = tl.where(has, m_safe + tl.log(l_safe), float("-inf"))
                         tl.store(LSE + mo, tl.where(poison, float("nan"), lse), mask=rin)
                     else:
-                        J.accumulate(ACC + r0 * HD, ACC + r0 * HD, ro, rin, later, alpha, alpha * 0.0 + 1.0, p * g,
+                        accumulate(ACC + r0 * HD, ACC + r0 * HD, ro, rin, later, alpha, alpha * 0.0 + 1.0, p * g,
                                      V + c0 * HD, co, cok, D, DP, SMALL, DD, CD, HPREC)
                         tl.store(M + mo, m_new, mask=rin)
                         tl.store(LS + mo, l_new, mask=rin)
@@ -104,88 +103,84 @@ def _attention_bwd_kernel(DO, Q, K, V, POS, VALID, SEG, PRM, SCR, GRD, LSE, DELT
                           DD: tl.constexpr, PREC: tl.constexpr, HPREC: tl.constexpr):
     NP: tl.constexpr = BM * BN
     pid = tl.program_id(0)
-    scr = SCR + pid.to(tl.int64) * (4 * NP + (NH + 3) * CP * HP)   # rinv | ψ | seed | ∂L/∂rinv | slabs
-    XS = scr
-    YS = scr + NP
-    SD = scr + 2 * NP
-    DXS = scr + 3 * NP
-    SLABS = scr + 4 * NP
+    # rinv | ψ | seed | ∂L/∂rinv | MLP slabs
+    XS, YS, SD, DXS, SLABS, pairs = program_scratch(SCR, 4, NH + 3, BM, BN, CP, HP)
     grd = GRD + pid.to(tl.int64) * NPRM
-    pairs = J.tile_offsets(BM, BN)
     scale = tl.full([], SCALE, CD)
     HD = H * D
     i = tl.arange(0, BM)[:, None]     # rows J of the tile (int32 offsets from r0, see the forward)
     j = tl.arange(0, BN)[None, :]     # rows I of the partner block (from c0)
     for tile in tl.range(pid, n_tiles, tl.num_programs(0), loop_unroll_factor=1, disable_licm=True):
-        s0, s1, r0, poison = J.tile_rows(SEG, tile, R, T, MAXA, BM)
+        s0, s1, r0, poison = tile_rows(SEG, tile, R, T, MAXA, BM)
         if r0 < s1:
             rin = r0 + i < s1
-            rok = J.row_ok(VALID, r0 + i, rin, HAS_VALID)
+            rok = row_ok(VALID, r0 + i, rin, HAS_VALID)
             one = tl.where(poison, float("nan"), 1.0) + tl.zeros([BM, 1], dtype=CD)   # NaN: a molecule > MAXA
             for c0 in tl.range(s0, s1, BN, loop_unroll_factor=1, disable_licm=True):
-                cok = J.row_ok(VALID, c0 + j, c0 + j < s1, HAS_VALID)
+                cok = row_ok(VALID, c0 + j, c0 + j < s1, HAS_VALID)
                 allowed = rok & cok & (i + (r0 - c0) != j)
-                J.tile_rinv(XS, POS, VALID, r0, c0, s1, BM, BN, RG, HAS_VALID, CD)
-                J.mlp_map(XS, YS, PRM, SLABS, NP, J.RELU, J.NONE, NH, HP, CP, UB, CD, DD, PREC)
+                tile_rinv(XS, POS, VALID, r0, c0, s1, BM, BN, RG, HAS_VALID, CD)
+                mlp_map(XS, YS, PRM, SLABS, NP, PSI_HIDDEN_ACT, PSI_OUT_ACT, NH, HP, CP, UB, CD, DD, PREC)
                 psi = tl.load(YS + pairs)
                 g = psi * psi
                 dg = tl.zeros([BM, BN], dtype=CD)
                 later = i * 0 + c0 > s0
-                for h in tl.range(H, loop_unroll_factor=1, disable_licm=True):   # J queries, I keys: (j, i) = pair j → i
-                    ro = J.in_loop(i * HD + h * D)
-                    co = J.in_loop(j * HD + h * D)
-                    mo = J.in_loop(i * H + h)
+                # J queries, I keys: (j, i) = pair j → i
+                for h in tl.range(H, loop_unroll_factor=1, disable_licm=True):
+                    ro = in_loop(i * HD + h * D)
+                    co = in_loop(j * HD + h * D)
+                    mo = in_loop(i * H + h)
                     # row (r0) and column (c0) bases recomputed in the loop: scalars, cheaper than live registers
                     lse_j = tl.load(LSE + r0 * H + mo, mask=rok, other=0.0)
                     lse_j = tl.where(lse_j == float("-inf"), 0.0, lse_j)   # such rows have no allowed pair
                     delta_j = tl.load(DELTA + r0 * H + mo, mask=rok, other=0.0)
-                    s = J.scores(Q + r0 * HD, K + c0 * HD, ro, co, rok, cok, D, DP, SMALL, DD, CD, HPREC) * scale
+                    s = scores(Q + r0 * HD, K + c0 * HD, ro, co, rok, cok, D, DP, SMALL, DD, CD, HPREC) * scale
                     p = tl.where(allowed, tl.exp(s - lse_j), 0.0)
-                    da = J.scores(DO + r0 * HD, V + c0 * HD, ro, co, rok, cok, D, DP, SMALL, DD, CD, HPREC)
+                    da = scores(DO + r0 * HD, V + c0 * HD, ro, co, rok, cok, D, DP, SMALL, DD, CD, HPREC)
                     dg += p * da
                     ds = p * (g * da - delta_j)
-                    J.accumulate(DQ + r0 * HD, DQ + r0 * HD, ro, rok, later, one, one, ds * scale, K + c0 * HD, co,
+                    accumulate(DQ + r0 * HD, DQ + r0 * HD, ro, rok, later, one, one, ds * scale, K + c0 * HD, co,
                                  cok, D, DP, SMALL, DD, CD, HPREC)
-                for h in tl.range(H, loop_unroll_factor=1, disable_licm=True):   # I queries, J keys, in [J, I]: i → j
-                    ro = J.in_loop(i * HD + h * D)
-                    co = J.in_loop(j * HD + h * D)
-                    mo = J.in_loop(j * H + h)
+                # I queries, J keys, in [J, I]: i → j
+                for h in tl.range(H, loop_unroll_factor=1, disable_licm=True):
+                    ro = in_loop(i * HD + h * D)
+                    co = in_loop(j * HD + h * D)
+                    mo = in_loop(j * H + h)
                     lse_i = tl.load(LSE + c0 * H + mo, mask=cok, other=0.0)
                     lse_i = tl.where(lse_i == float("-inf"), 0.0, lse_i)
                     delta_i = tl.load(DELTA + c0 * H + mo, mask=cok, other=0.0)
-                    s = J.scores(K + r0 * HD, Q + c0 * HD, ro, co, rok, cok, D, DP, SMALL, DD, CD, HPREC) * scale
+                    s = scores(K + r0 * HD, Q + c0 * HD, ro, co, rok, cok, D, DP, SMALL, DD, CD, HPREC) * scale
                     p = tl.where(allowed, tl.exp(s - lse_i), 0.0)
-                    da = J.scores(V + r0 * HD, DO + c0 * HD, ro, co, rok, cok, D, DP, SMALL, DD, CD, HPREC)
+                    da = scores(V + r0 * HD, DO + c0 * HD, ro, co, rok, cok, D, DP, SMALL, DD, CD, HPREC)
                     dg += p * da
-                    J.accumulate(DK + r0 * HD, DK + r0 * HD, ro, rok, later, one, one, p * (g * da - delta_i) * scale,
+                    accumulate(DK + r0 * HD, DK + r0 * HD, ro, rok, later, one, one, p * (g * da - delta_i) * scale,
                                  Q + c0 * HD, co, cok, D, DP, SMALL, DD, CD, HPREC)
-                    J.accumulate(DV + r0 * HD, DV + r0 * HD, ro, rok, later, one, one, p * g, DO + c0 * HD, co, cok, D,
+                    accumulate(DV + r0 * HD, DV + r0 * HD, ro, rok, later, one, one, p * g, DO + c0 * HD, co, cok, D,
                                  DP, SMALL, DD, CD, HPREC)
                 # ∂L/∂ψ of the unordered pair is 2ψ(dg_ji + dg_ij): seed ψ·dg for the weights (seen twice)
                 tl.store(SD + pairs, psi * dg)
                 tl.debug_barrier()
-                J.mlp_backprop(XS, SD, DXS, PRM, grd, SLABS, NP, J.RELU, J.NONE, NH, HP, CP, UB, CD, DD, PREC)
-                J.add_position_grad(DPOS, DXS, POS, VALID, r0, c0, s1, BM, BN, RG, HAS_VALID)
+                backprop_to_positions(XS, SD, DXS, PRM, grd, SLABS, DPOS, POS, VALID, r0, c0, s1, PSI_HIDDEN_ACT,
+                                      PSI_OUT_ACT, BM, BN, RG, NH, HP, CP, UB, CD, DD, PREC, HAS_VALID)
             if poison:
-                for comp in tl.static_range(3):
-                    tl.store(DPOS + (r0 + i) * 3 + comp, tl.full([BM, 1], float("nan"), tl.float64), mask=rin)
+                poison_positions(DPOS, r0, s1, BM)
 
 
 def _prepare(q, psi, seg, valid, max_atoms, precision):
     R, H, D = q.shape
-    L.check_segments(seg, valid, R, max_atoms, q.device)
-    num = L.numerics(q.dtype, precision)
-    prm, nh, hp = L.pack_mlp(psi, num.cd)
-    geo = L.tiles(seg, max_atoms, hp, num.cd)
-    dp, small = L.small_head(D)
-    if dp > L.MAX_HEAD_DIM:
-        raise ValueError(f"backend='triton' supports head dims d_k <= {L.MAX_HEAD_DIM}, got {D}; use "
+    check_segments(seg, valid, R, max_atoms, q.device)
+    num = numerics(q.dtype, precision)
+    prm, nh, hp = pack_mlp(psi, num.cd)
+    geo = tiles(seg, max_atoms, hp, num.cd)
+    dp, small = small_head(D)
+    if dp > MAX_HEAD_DIM:
+        raise ValueError(f"backend='triton' supports head dims d_k <= {MAX_HEAD_DIM}, got {D}; use "
                          "backend='cuda' or 'reference'")
-    valid_t = valid if valid is not None else seg
-    const = dict(HAS_VALID=valid is not None, BM=geo.block, BN=geo.block, RG=geo.group_rows, DP=dp, SMALL=small, HP=hp, NH=nh,
-                 CP=geo.chunk, UB=geo.units, CD=num.CD, DD=num.DD, PREC=num.PREC, HPREC=num.HPREC,
-                 **L.compile_options(geo.block))
-    return num, prm, nh, hp, geo, valid_t, const
+    valid_arg = valid if valid is not None else seg   # a stand-in pointer, never read without HAS_VALID
+    const = dict(HAS_VALID=valid is not None, BM=geo.block, BN=geo.block, RG=geo.group_rows, DP=dp, SMALL=small,
+                 HP=hp, NH=nh, CP=geo.chunk, UB=geo.units, CD=num.CD, DD=num.DD, PREC=num.PREC, HPREC=num.HPREC,
+                 **compile_options(geo.block))
+    return num, prm, nh, hp, geo, valid_arg, const
 
 
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor], seg: Tensor,
@@ -203,9 +198,9 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor
         otherwise; −inf for rows with no allowed key).
     """
     R, H, D = q.shape
-    num, prm, nh, hp, geo, valid_t, const = _prepare(q, psi, seg, valid, max_atoms, precision)
+    num, prm, nh, hp, geo, valid_arg, const = _prepare(q, psi, seg, valid, max_atoms, precision)
     out = torch.zeros_like(q)
-    lse = torch.full((R, H), float("-inf"), dtype=num.cd, device=q.device)
+    lse = torch.full((R, H), float("-inf"), dtype=lse_dtype(q.dtype), device=q.device)
     if R == 0 or H == 0 or D == 0 or geo.n_tiles == 0:
         return out, lse
     np_ = geo.block * geo.block
@@ -214,8 +209,8 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, psi: List[Tensor
     m_buf = torch.empty((R, H), dtype=num.cd, device=q.device)
     l_buf = torch.empty_like(m_buf)
     acc = out if q.dtype == num.cd else torch.empty((R, H, D), dtype=num.cd, device=q.device)
-    L.launch(_attention_fwd_kernel, (geo.programs,), q.device,
-             q, k, v, pos, valid_t, seg, prm, scratch, m_buf, l_buf, acc, out, lse, R, H, D, max_atoms,
+    launch(_attention_fwd_kernel, (geo.programs,), q.device,
+             q, k, v, pos, valid_arg, seg, prm, scratch, m_buf, l_buf, acc, out, lse, R, H, D, max_atoms,
              geo.per_molecule, geo.n_tiles, float(scale), **const)
     return out, lse
 
@@ -232,7 +227,7 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, ps
         of ``psi``).
     """
     R, H, D = q.shape
-    num, prm, nh, hp, geo, valid_t, const = _prepare(q, psi, seg, valid, max_atoms, precision)
+    num, prm, nh, hp, geo, valid_arg, const = _prepare(q, psi, seg, valid, max_atoms, precision)
     dpos = torch.zeros((R, 3), dtype=torch.float64, device=q.device)
     if R == 0 or H == 0 or D == 0 or geo.n_tiles == 0:
         return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), dpos,
@@ -242,9 +237,9 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, ps
     np_ = geo.block * geo.block
     scratch = torch.empty(geo.programs * (4 * np_ + (nh + 3) * geo.chunk * hp), dtype=num.cd, device=q.device)
     grd = torch.zeros((geo.programs, prm.numel()), dtype=torch.float64, device=q.device)
-    L.launch(_attention_bwd_kernel, (geo.programs,), q.device,
-             dout.contiguous(), q, k, v, pos, valid_t, seg, prm, scratch, grd, lse.to(num.cd).contiguous(), delta,
+    launch(_attention_bwd_kernel, (geo.programs,), q.device,
+             dout.contiguous(), q, k, v, pos, valid_arg, seg, prm, scratch, grd, lse.to(num.cd).contiguous(), delta,
              dq, dk, dv, dpos, R, H, D, max_atoms, geo.per_molecule, geo.n_tiles, prm.numel(), float(scale),
              **const)
-    dpsi = L.unpack_grads(grd.sum(0), psi)
+    dpsi = unpack_grads(grd.sum(0), psi)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dpos, dpsi

@@ -4,11 +4,12 @@ a tile, the ψω/φ MLP on pair chunks, and the per-head products.
 Register budget. The MLP is the expensive part (O(HP²) per pair) and it never runs on a whole BM×BN pair tile:
 the tile's inputs (rinv) go to a per-program scratch vector (computed RG rows at a time, one pair per thread),
 the MLP maps them in chunks of CP pairs, and every layer streams its [CP, HP] slab of pre-activations from
-scratch to scratch in [CP, UB] blocks (UB = 32) (K- and N-blocked ``tl.dot``). No tensor wider than [CP, UB] is live in
-the MLP and no dot operand exceeds [CP, UB] × [UB, UB], whatever the width (≤ 128) or depth. The backward
-recomputes a chunk's forward (one slab per layer kept) and back-propagates the chunk's seed block by block.
-Loops are ``tl.range(..., loop_unroll_factor=1, disable_licm=True)``: unrolled or hoisted loop bodies kept
-hundreds of loop-invariant address tensors live, which is what made earlier versions spill.
+scratch to scratch in [CP, UB] blocks (UB = 32) (K- and N-blocked ``tl.dot``). No tensor wider than [CP, UB]
+is live in the MLP and no dot operand exceeds [CP, UB] × [UB, UB], whatever the width (≤ 128) or depth. The
+backward recomputes a chunk's forward (one slab per layer kept) and back-propagates the chunk's seed block by
+block.
+Loops are ``tl.range(..., loop_unroll_factor=1, disable_licm=True)``: an unrolled or hoisted loop body keeps
+hundreds of loop-invariant address tensors live, and spills.
 
 Scratch is global memory owned by one program (L1/L2 resident); ``tl.debug_barrier()`` (a CTA barrier) orders
 a program's stores before other threads of the program read them.
@@ -17,20 +18,37 @@ MLP packing (ψω, φ): ``[w0 (HP) | b0 (HP) | Wt (NH × HP × HP, [in][out]) | 
 every width zero-padded to HP (padded units stay exactly 0: act(0) = 0); NH = −1 for a single Linear(1→1)
 (``[w | b]``). Gradient rows use the same layout, in float64.
 """
-import os
-
 import triton
 import triton.language as tl
 
-# activation ids (constexprs of mlp_map / mlp_backprop)
-RELU = tl.constexpr(0)
-GELU = tl.constexpr(1)
-NONE = tl.constexpr(2)
+from .._backends import triton_interpreting
+from ..contract import DISTANCE_EPS, PHI_ACTIVATIONS, PSI_ACTIVATIONS, Activation
+
+# activation ids of gtkernels.contract (constexprs of act / act_grad, mlp_map / mlp_backprop)
+NONE = tl.constexpr(int(Activation.NONE))
+RELU = tl.constexpr(int(Activation.RELU))
+GELU = tl.constexpr(int(Activation.GELU))
+#: ψω's and φ's (hidden, output) activations.
+PSI_HIDDEN_ACT, PSI_OUT_ACT = (tl.constexpr(int(a)) for a in PSI_ACTIVATIONS)
+PHI_HIDDEN_ACT, PHI_OUT_ACT = (tl.constexpr(int(a)) for a in PHI_ACTIVATIONS)
+#: ε of rinv = 1/(r + ε) (docs/semantics.md).
+EPS = tl.constexpr(DISTANCE_EPS)
 #: Compiled for a GPU, not run by the interpreter (which has no inline assembly): see :func:`in_loop`.
-COMPILED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+COMPILED = tl.constexpr(not triton_interpreting())
 
 
 # ------------------------------------------------------------------------------------------------- tile walk
+@triton.jit
+def program_scratch(SCR, VECTORS: tl.constexpr, SLABS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                    CP: tl.constexpr, HP: tl.constexpr):
+    """This program's scratch: VECTORS pair vectors of BM·BN values, then SLABS MLP slabs [CP, HP]. Returns
+    the bases of the first four pair vectors (those from VECTORS on are unused), the base of the slabs, and
+    the [BM, BN] offsets of the tile's pairs in a pair vector."""
+    NP: tl.constexpr = BM * BN
+    base = SCR + tl.program_id(0).to(tl.int64) * (VECTORS * NP + SLABS * CP * HP)
+    return base, base + NP, base + 2 * NP, base + 3 * NP, base + VECTORS * NP, tile_offsets(BM, BN)
+
+
 @triton.jit
 def tile_rows(SEG, tile, R, T, MAXA, BM: tl.constexpr):
     """Tile ``tile`` of the grid: molecule b = tile // T, row block t = tile % T. Returns the molecule's rows
@@ -63,7 +81,7 @@ def tile_offsets(BM: tl.constexpr, BN: tl.constexpr):
 @triton.jit
 def _group_geometry(POS, VALID, rows, cols, s1, HAS_VALID: tl.constexpr):
     """Pairs (i, j) of a [RG, BN] group of the tile, in float64: allowed (both real, i ≠ j), p_i − p_j (1 on
-    excluded pairs, so their gradient stays finite), r, rinv = 1/(r + 1e-16) (0 on excluded pairs, NaN where r
+    excluded pairs, so their gradient stays finite), r, rinv = 1/(r + ε) (0 on excluded pairs, NaN where r
     is not finite: a NaN/Inf coordinate never gives the finite 1/Inf = 0)."""
     rok = row_ok(VALID, rows, rows < s1, HAS_VALID)
     cok = row_ok(VALID, cols, cols < s1, HAS_VALID)
@@ -75,7 +93,7 @@ def _group_geometry(POS, VALID, rows, cols, s1, HAS_VALID: tl.constexpr):
     dz = tl.where(allowed, tl.load(POS + rows * 3 + 2, mask=rok, other=0.0)[:, None]
                   - tl.load(POS + cols * 3 + 2, mask=cok, other=0.0)[None, :], 1.0)
     r = tl.sqrt(dx * dx + dy * dy + dz * dz)
-    rinv = tl.where(allowed, tl.where(r < float("inf"), 1.0 / (r + 1e-16), float("nan")), 0.0)
+    rinv = tl.where(allowed, tl.where(r < float("inf"), 1.0 / (r + EPS), float("nan")), 0.0)
     return allowed, dx, dy, dz, r, rinv
 
 
@@ -95,9 +113,9 @@ def tile_rinv(XS, POS, VALID, r0, c0, s1, BM: tl.constexpr, BN: tl.constexpr, RG
 @triton.jit
 def add_position_grad(DPOS, DXS, POS, VALID, r0, c0, s1, BM: tl.constexpr, BN: tl.constexpr, RG: tl.constexpr,
                       HAS_VALID: tl.constexpr):
-    """DPOS[i] += Σ_j 2·DXS_ij · ∂rinv_ij/∂p_i over the tile, ∂rinv/∂p_i = −rinv²/r · (p_i − p_j); DXS holds
-    ∂L/∂rinv of a symmetric seed (the factor 2 adds the pair's other orientation). The program owns rows
-    r0..r0+BM of DPOS (float64)."""
+    """DPOS[i] += Σ_j 2·DXS_ij · ∂rinv_ij/∂p_i over the tile, ∂rinv/∂p_i = −rinv²/r · (p_i − p_j); DXS
+    holds ∂L/∂rinv of a symmetric seed (the factor 2 adds the pair's other orientation). The program owns
+    rows r0..r0+BM of DPOS (float64)."""
     cols = c0 + tl.arange(0, BN)
     for g in tl.range(0, BM, RG, loop_unroll_factor=1, disable_licm=True):
         rows = r0 + g + tl.arange(0, RG)
@@ -110,6 +128,26 @@ def add_position_grad(DPOS, DXS, POS, VALID, r0, c0, s1, BM: tl.constexpr, BN: t
         tl.store(out + 1, tl.load(out + 1, mask=rin, other=0.0) + tl.sum(c * dy, axis=1), mask=rin)
         tl.store(out + 2, tl.load(out + 2, mask=rin, other=0.0) + tl.sum(c * dz, axis=1), mask=rin)
     tl.debug_barrier()
+
+
+@triton.jit
+def backprop_to_positions(XS, SD, DXS, PRM, GRD, SLABS, DPOS, POS, VALID, r0, c0, s1, ACT: tl.constexpr,
+                          OUT_ACT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, RG: tl.constexpr,
+                          NH: tl.constexpr, HP: tl.constexpr, CP: tl.constexpr, UB: tl.constexpr, CD: tl.constexpr,
+                          DD: tl.constexpr, PREC: tl.constexpr, HAS_VALID: tl.constexpr):
+    """The tile's symmetric seed SD[p] = ∂L/∂y_p (y = out_act(MLP(rinv)), rinv in XS) back through the MLP: its
+    parameter gradients into the program's row GRD, ∂L/∂rinv into DXS, and the position gradient of rows
+    r0..r0+BM into DPOS (:func:`add_position_grad`)."""
+    mlp_backprop(XS, SD, DXS, PRM, GRD, SLABS, BM * BN, ACT, OUT_ACT, NH, HP, CP, UB, CD, DD, PREC)
+    add_position_grad(DPOS, DXS, POS, VALID, r0, c0, s1, BM, BN, RG, HAS_VALID)
+
+
+@triton.jit
+def poison_positions(DPOS, r0, s1, BM: tl.constexpr):
+    """DPOS rows r0..min(r0 + BM, s1) = NaN: the tile's molecule has more rows than the launch's bound."""
+    rows = r0 + tl.arange(0, BM)
+    for comp in tl.static_range(3):
+        tl.store(DPOS + rows * 3 + comp, tl.full([BM], float("nan"), tl.float64), mask=rows < s1)
 
 
 @triton.jit
@@ -190,7 +228,8 @@ def mlp_chunk_fwd(x_ptr, PRM, SLABS, ACT: tl.constexpr, NH: tl.constexpr, HP: tl
         z0 = x[:, None] * tl.load(PRM + ob + u)[None, :] + tl.load(PRM + HP + ob + u)[None, :]
         tl.store(_slab(SLABS, p, ob, HP, UB), z0)
     tl.debug_barrier()
-    for layer in tl.range(NH, loop_unroll_factor=1, disable_licm=True):   # a runtime loop: one copy of the layer's code, whatever the depth
+    # a runtime loop: one copy of the layer's code, whatever the depth
+    for layer in tl.range(NH, loop_unroll_factor=1, disable_licm=True):
         if KEEP:
             src = SLABS + layer * CP * HP
             dst = src + CP * HP
@@ -332,11 +371,11 @@ def scores(A, B, roff, coff, rmask, cmask, D, DP: tl.constexpr, SMALL: tl.conste
         return acc
     else:   # K-blocks of 16 head units read straight from q / k: small dot operands
         acc = tl.zeros([roff.shape[0], coff.shape[1]], dtype=CD)
-        dd = tl.arange(0, 16)
+        du = tl.arange(0, 16)
         for d0 in tl.range(0, DP, 16, loop_unroll_factor=1, disable_licm=True):   # one block live at a time
-            m = (d0 + dd < D)[None, :]
-            a = tl.load(A + roff + (d0 + dd)[None, :], mask=rmask & m, other=0.0)
-            b = tl.load(B + tl.trans(coff) + (d0 + dd)[None, :], mask=tl.trans(cmask) & m, other=0.0)
+            m = (d0 + du < D)[None, :]
+            a = tl.load(A + roff + (d0 + du)[None, :], mask=rmask & m, other=0.0)
+            b = tl.load(B + tl.trans(coff) + (d0 + du)[None, :], mask=tl.trans(cmask) & m, other=0.0)
             acc += tl.dot(a.to(DD), tl.trans(b.to(DD)), input_precision=PREC, out_dtype=CD)
         return acc
 
@@ -366,11 +405,11 @@ def accumulate(SRC_OLD, DST, roff, rmask, old, alpha, post, w, B, coff, cmask, D
             tl.store(DST + roff + (d0 + d4)[None, :], (acc * post).to(DST.dtype.element_ty), mask=m)
     else:   # blocks of 16 output units: [BM, 16] accumulators
         wd = w.to(DD)
-        dd = tl.arange(0, 16)
+        du = tl.arange(0, 16)
         for d0 in tl.range(0, DP, 16, loop_unroll_factor=1, disable_licm=True):
-            cm = (d0 + dd < D)[None, :]
+            cm = (d0 + du < D)[None, :]
             m = rmask & cm
-            b = tl.load(B + tl.trans(coff) + (d0 + dd)[None, :], mask=tl.trans(cmask) & cm, other=0.0)
-            acc = tl.load(SRC_OLD + roff + (d0 + dd)[None, :], mask=m & old, other=0.0).to(CD)
+            b = tl.load(B + tl.trans(coff) + (d0 + du)[None, :], mask=tl.trans(cmask) & cm, other=0.0)
+            acc = tl.load(SRC_OLD + roff + (d0 + du)[None, :], mask=m & old, other=0.0).to(CD)
             acc = acc * alpha + tl.dot(wd, b.to(DD), input_precision=PREC, out_dtype=CD)
-            tl.store(DST + roff + (d0 + dd)[None, :], (acc * post).to(DST.dtype.element_ty), mask=m)
+            tl.store(DST + roff + (d0 + du)[None, :], (acc * post).to(DST.dtype.element_ty), mask=m)

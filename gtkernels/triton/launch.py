@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -16,10 +15,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-#: Hidden layers (h→h) the kernels unroll: MLPs of 1 to MAX_HIDDEN + 2 Linear layers.
-MAX_HIDDEN = 3
-#: Widest MLP layer (padded to a power of two ≥ 16: HP ≤ 128).
-MAX_WIDTH = 128
+from .._backends import triton_interpreting
+from ..contract import MAX_MLP_HIDDEN, MAX_MLP_LAYERS, MAX_MLP_WIDTH
+
 #: Largest head dimension d_k (padded to a power of two).
 MAX_HEAD_DIM = 128
 #: Head dims up to this are computed as broadcast sums instead of tl.dot (whose K must be ≥ 16).
@@ -76,20 +74,20 @@ def hidden_pad(params: Sequence[Tensor]) -> int:
     return max(16, triton.next_power_of_2(width))
 
 
-def check_mlp(name: str, params: Sequence[Tensor]) -> Tuple[int, int]:
+def check_mlp(params: Sequence[Tensor]) -> Tuple[int, int]:
     """(NH, HP) of an MLP the kernels can run, else ValueError."""
     n = len(params) // 2
     hp = hidden_pad(params)
-    if n - 2 > MAX_HIDDEN or hp > MAX_WIDTH:
-        raise ValueError(f"backend='triton' supports {name} MLPs of at most {MAX_HIDDEN + 2} Linear layers of width "
-                         f"<= {MAX_WIDTH}, got {n} layers of width up to {hp}; use backend='reference'")
+    if n - 2 > MAX_MLP_HIDDEN or hp > MAX_MLP_WIDTH:
+        raise ValueError(f"backend='triton' supports MLPs of at most {MAX_MLP_LAYERS} Linear layers of width "
+                         f"<= {MAX_MLP_WIDTH}, got {n} layers of width up to {hp}; use backend='reference'")
     return n - 2, hp
 
 
 def pack_mlp(params: Sequence[Tensor], dtype: torch.dtype) -> Tuple[Tensor, int, int]:
     """``[W0, b0, ..., Wn, bn]`` (nn.Linear layout) → the flat zero-padded buffer of :mod:`.helpers`, built
     on the parameters' device with tensor ops (no host copy). Returns ``(buffer, NH, HP)``."""
-    nh, hp = check_mlp("the", params)
+    nh, hp = check_mlp(params)
     dev = params[0].device
     if nh < 0:  # Linear(1→1): [w (HP) | b (HP)], only the first entries used
         flat = torch.zeros(2, hp, dtype=dtype, device=dev)
@@ -143,26 +141,26 @@ def block_size(max_atoms: int, cd: torch.dtype = torch.float32) -> int:
 INTERPRETER_GEOMETRY = True
 
 
-def interpreting() -> bool:
-    """Launch geometry for the interpreter (TRITON_INTERPRET=1)."""
-    return INTERPRETER_GEOMETRY and os.environ.get("TRITON_INTERPRET", "0") == "1"
+def _interpreter_geometry() -> bool:
+    """Whether this launch takes the interpreter's geometry."""
+    return INTERPRETER_GEOMETRY and triton_interpreting()
 
 
 def chunk_pairs(hp: int, cd: torch.dtype, pairs: int) -> int:
     """CP: pairs per MLP chunk, so that a [CP, HP] slab is CHUNK_ELEMS values (at least 16: tl.dot's M)."""
-    budget = CHUNK_ELEMS[cd] * (INTERPRETER_CHUNK_SCALE if interpreting() else 1)
+    budget = CHUNK_ELEMS[cd] * (INTERPRETER_CHUNK_SCALE if _interpreter_geometry() else 1)
     return max(16, min(pairs, budget // hp))
 
 
 def unit_block(hp: int) -> int:
     """UB: MLP units per block."""
-    return min(hp, INTERPRETER_UNIT_BLOCK if interpreting() else UNIT_BLOCK)
+    return min(hp, INTERPRETER_UNIT_BLOCK if _interpreter_geometry() else UNIT_BLOCK)
 
 
 #: Warps per program: 8 for 32-row tiles (4 pairs of a tile per thread), 4 for 16-row tiles.
 WARPS = {16: 4, 32: 8}
-#: ptxas register cap per thread: the full 255, stated, because without a cap ptxas sometimes settles on 32 or
-#: 64 registers and spills (seen with ptxas 12.8 and 13.x); the AOT gate checks that every kernel fits.
+#: ptxas register cap per thread: the full 255, stated, because without a cap ptxas may settle on 32 or 64
+#: registers and spill; the AOT gate checks that every kernel fits.
 MAX_REGISTERS = 255
 
 
@@ -178,7 +176,7 @@ def compile_options(block: int) -> dict:
 def group_rows(block: int) -> int:
     """RG: rows of a tile whose pair geometry is computed together, one pair per thread (all of the tile
     under the interpreter)."""
-    return block if interpreting() else max(1, num_warps(block) * 32 // block)
+    return block if _interpreter_geometry() else max(1, num_warps(block) * 32 // block)
 
 
 @functools.lru_cache(maxsize=None)
