@@ -180,6 +180,20 @@ def test_padded_op_matches_spec_values_and_gradients(backend):
     assert (a["pos"].grad[x["dummy"] | ~x["mask"]] == 0).all() and (a["pos"].grad[x["located"]] != 0).any()
 
 
+def test_dropout_draws_as_the_spec():
+    """With dropout the op runs the spec's random draws in the spec's order: one seed, one answer."""
+    x = _batch(seed=7)
+    clean = dict(x, q=x["q"].nan_to_num(0.0), k=x["k"].nan_to_num(0.0), v=x["v"].nan_to_num(0.0))
+    rel = relation_features(x["bond"], x["hops"], _featuriser_distances(x["pos"], x["located"]), x["mask"])
+    torch.manual_seed(3)
+    got = _op(x, dropout_p=0.3, phi_dropout_p=0.2)
+    torch.manual_seed(3)
+    want = gtkernels_py.relative_attention(clean["q"], clean["k"], clean["v"], rel, x["phi_k"], x["phi_v"],
+                                           x["mask"], u=x["u"], v_rel=x["v_rel"], dropout_p=0.3, phi_dropout_p=0.2)
+    torch.testing.assert_close(got, want, **TIGHT)
+    assert not torch.allclose(got, _op(x))
+
+
 def test_packed_equals_padded():
     x = _batch(lengths=(6, 0, 3, 1), seed=1)
     mask = x["mask"]
@@ -267,6 +281,11 @@ def test_module_loads_spec_state_dict_and_matches():
                    cu_seqlens=cu)
     torch.testing.assert_close(packed, want[mask], **TIGHT)
     assert isinstance(fused.attention, gtkernels.nn.FusedRelativeInnerAttention) and fused.backend == "reference"
+    torch.manual_seed(1)
+    spec_init = gtkernels_py.MultiHeadRelativeAttention(d_model, heads).state_dict()
+    torch.manual_seed(1)
+    fused_init = gtkernels.FusedRelativeAttention(d_model, heads).state_dict()
+    assert all(torch.equal(spec_init[n], fused_init[n]) for n in spec_init)
 
 
 def test_module_errors():

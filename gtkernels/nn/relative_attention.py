@@ -77,7 +77,9 @@ class FusedRelativeAttention(gtkernels_py.MultiHeadRelativeAttention):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         super().__init__(d_model, num_heads, d_edge, dropout)
         self.d_model = d_model
-        self.attention = FusedRelativeInnerAttention(d_model, num_heads, d_edge, dropout, backend, validate)
+        inner = FusedRelativeInnerAttention(d_model, num_heads, d_edge, dropout, backend, validate)
+        inner.load_state_dict(self.attention.state_dict())  # the spec's initial values: one seed, one module
+        self.attention = inner
 
     @property
     def backend(self) -> str:
