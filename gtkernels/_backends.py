@@ -146,6 +146,23 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, drop
     return _check_fused_limits("cpu", dropout_p, mlp_ok)
 
 
+#: Backends that run :func:`gtkernels.relative_attention` (R-MAT); its fused kernels are not built yet.
+RELATIVE_BACKENDS = ("reference",)
+
+
+def resolve_relative_backend(backend: str) -> str:
+    """The backend of an R-MAT relative-attention request: ``"auto"`` and ``"reference"`` run the reference;
+    a known backend without R-MAT kernels raises ``NotImplementedError`` naming the one that runs."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "reference"
+    if backend not in RELATIVE_BACKENDS:
+        raise NotImplementedError(f"backend={backend!r}: the fused kernels of relative_attention (R-MAT) are not "
+                                  "built yet; use backend='reference' (or 'auto', which picks it)")
+    return backend
+
+
 _FALLBACKS_LOGGED = set()
 
 

@@ -101,8 +101,12 @@ def check_layout(pos: Tensor, rows_shape, mask: Optional[Tensor], cu_seqlens: Op
             raise ValueError(f"{rows_shape[0]} packed rows overflow int32 cu_seqlens (max {MAX_ROWS}); split the batch")
 
 
-def check_values(pos: Tensor, mask: Optional[Tensor], cu_seqlens: Optional[Tensor]) -> None:
-    """Data-dependent checks (host sync): cu_seqlens contents, finite positions, no two real atoms too close."""
+def check_values(pos: Tensor, mask: Optional[Tensor], cu_seqlens: Optional[Tensor],
+                 exempt: Optional[Tensor] = None) -> None:
+    """Data-dependent checks (host sync): cu_seqlens contents, finite positions, no two real atoms too close.
+
+    ``exempt``: bool, shaped like ``pos`` without its last dimension: rows that have no position (R-MAT's dummy
+    node), left out of the position checks."""
     if cu_seqlens is not None:
         cs = cu_seqlens.long()
         total = pos.shape[0]
@@ -116,8 +120,10 @@ def check_values(pos: Tensor, mask: Optional[Tensor], cu_seqlens: Optional[Tenso
         padded = pos.new_zeros(cs.numel() - 1, n_max, 3)
         padded[molecule, slot] = pos.detach()
         real = torch.zeros(cs.numel() - 1, n_max, dtype=torch.bool, device=pos.device)
-        real[molecule, slot] = True
+        real[molecule, slot] = True if exempt is None else ~exempt
         pos, mask = padded, real
+    elif exempt is not None:
+        mask = ~exempt if mask is None else mask & ~exempt
     pos = pos.detach()
     if mask is None:
         mask = torch.ones(pos.shape[:2], dtype=torch.bool, device=pos.device)
