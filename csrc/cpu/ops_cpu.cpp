@@ -1,8 +1,8 @@
 // ops_cpu.cpp — the CPU implementations of the gtkernels_C ops (schemas in ../ops.cpp): the input checks
 // (../op_checks.h, seg's values included: seg is on the host), then the kernels of attention_cpu.cpp,
-// encoding_cpu.cpp and relative_attention_cpu.cpp. As cuda/ops_cuda.cpp for the CUDA kernels, this file registers and the kernel files compute:
-// each kernel file is a translation unit of its own, so the registration's templates do not change how the
-// compiler inlines the kernels.
+// encoding_cpu.cpp and relative_attention_cpu.cpp. As cuda/ops_cuda.cpp for the CUDA kernels, this file
+// registers and the kernel files compute: each kernel file is a translation unit of its own, so the
+// registration's templates do not change how the compiler inlines the kernels.
 #include <torch/library.h>
 
 #include <optional>

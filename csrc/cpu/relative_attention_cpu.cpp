@@ -13,12 +13,13 @@
 // The value term Σ_j α_ij rⱽ_ij = W2ⱽ_h Σ_j α_ij uⱽ_ij + c2ⱽ_h Σ_j α_ij: the online softmax accumulates
 // Σ α v_j and the Dh-wide Σ α uⱽ_ij, projected once per row.
 //
-// Forward: tasks = (molecule, block of kBlock query rows); each row runs an online softmax over its molecule's
-// keys (blocks of kBlock keys), itself included, and writes only its own out and lse rows.
+// Forward: tasks = (molecule, block of kBlock query rows) (relative_attention_fwd_tile); each row runs an online
+// softmax over its molecule's keys (blocks of kBlock keys), itself included, and writes only its own out and lse.
 //
 // Backward (recomputation from lse, delta_ih = dout_ih·out_ih): the phase schedule of schedule.h, whose
-// tasks of one phase touch disjoint rows; a task (I, J) visits the ordered pairs (i ∈ I, j ∈ J) and, off the
-// diagonal, (i ∈ J, j ∈ I). Per pair and head, with w_ih = W2ⱽ_hᵀ dout_ih and c_ih = dout_ih·c2ⱽ_h (per row):
+// tasks of one phase touch disjoint rows; a task (I, J) (relative_attention_bwd_tile) visits the ordered pairs
+// (i ∈ I, j ∈ J) and, off the diagonal, (i ∈ J, j ∈ I). Per pair and head, with w_ih = W2ⱽ_hᵀ dout_ih and
+// c_ih = dout_ih·c2ⱽ_h (per row):
 //   p = exp(e_ij − lse_ih), dα = dout_ih·v_jh + w_ih·uⱽ_ij + c_ih, ds = p (dα − delta_ih);
 //   dq_ih += scale ds k_jh, dk_jh += scale ds q_ih, dv_jh += p dout_ih,
 //   da_ih += ds uᴷ_ij, ū_ih += p uⱽ_ij, Σp_ih += p (per-row buffers [R, H, Dh]),
@@ -238,8 +239,9 @@ struct FwdScratch {
         l(P.H), accv(P.H * P.D), accu(P.H * P.Dh) {}
 };
 
+// One query row: its online softmax over the molecule's valid keys (itself included), then out and lse.
 template <class T>
-void relative_attention_fwd_row(const RelProblem<T>& P, const Molecule& mol, int64_t i, FwdScratch<T>& sc, T* out,
+void attend_row(const RelProblem<T>& P, const Molecule& mol, int64_t i, FwdScratch<T>& sc, T* out,
                                 T* lse) {
   const int64_t H = P.H, D = P.D, Dh = P.Dh, HD = H * D;
   row_g(P, i, sc.g.data());
@@ -306,6 +308,16 @@ void relative_attention_fwd_row(const RelProblem<T>& P, const Molecule& mol, int
   }
 }
 
+// The work unit of the forward: the rows r0 .. r0 + kBlock − 1 of molecule `mol` (those that exist and are valid).
+template <class T>
+void relative_attention_fwd_tile(const RelProblem<T>& P, const Molecule& mol, int64_t r0, FwdScratch<T>& sc, T* out,
+                                 T* lse) {
+  const int64_t r1 = std::min(r0 + kBlock, mol.start + mol.n);
+  for (int64_t i = r0; i < r1; ++i) {
+    if (P.valid == nullptr || P.valid[i]) attend_row(P, mol, i, sc, out, lse);
+  }
+}
+
 template <class T>
 void relative_attention_fwd_typed(const RelProblem<T>& P, const std::vector<Molecule>& mols, T* out, T* lse) {
   std::vector<std::pair<int64_t, int64_t>> tasks;  // (molecule, first row of a block)
@@ -319,11 +331,7 @@ void relative_attention_fwd_typed(const RelProblem<T>& P, const std::vector<Mole
     FwdScratch<T> sc(P);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < ntasks; ++t) {
-      const Molecule& mol = mols[tasks[t].first];
-      const int64_t r1 = std::min(tasks[t].second + kBlock, mol.start + mol.n);
-      for (int64_t i = tasks[t].second; i < r1; ++i) {
-        if (P.valid == nullptr || P.valid[i]) relative_attention_fwd_row(P, mol, i, sc, out, lse);
-      }
+      relative_attention_fwd_tile(P, mols[tasks[t].first], tasks[t].second, sc, out, lse);
     }
   }
 }
@@ -373,7 +381,7 @@ struct BwdScratch {
 
 // The backward of one ordered pair (i query, j key); param: this thread's flat gradient (GradLayout).
 template <class T>
-void relative_attention_bwd_pair(const BwdProblem<T>& P, const Molecule& mol, int64_t i, int64_t j,
+void pair_backward(const BwdProblem<T>& P, const Molecule& mol, int64_t i, int64_t j,
                                  BwdScratch<T>& sc, const GradLayout& gl, T* param) {
   const int64_t H = P.H, D = P.D, Dh = P.Dh, HD = H * D, W = 2 * Dh;
   PairState<T>& st = sc.st;
@@ -463,15 +471,15 @@ void relative_attention_bwd_tile(const BwdProblem<T>& P, const std::vector<Molec
   const int64_t* vj = tr.rows_j();
   for (int a = 0; a < tr.nI; ++a) {
     for (int b = 0; b < tr.nJ; ++b) {
-      relative_attention_bwd_pair(P, mol, tr.vi[a], vj[b], sc, gl, param);
-      if (!tr.diag) relative_attention_bwd_pair(P, mol, vj[b], tr.vi[a], sc, gl, param);
+      pair_backward(P, mol, tr.vi[a], vj[b], sc, gl, param);
+      if (!tr.diag) pair_backward(P, mol, vj[b], tr.vi[a], sc, gl, param);
     }
   }
 }
 
 // The per-row part of the backward (see the header); param: this thread's flat gradient.
 template <class T>
-void relative_attention_bwd_row(const BwdProblem<T>& P, int64_t i, T* g, T* dg, const GradLayout& gl, T* param) {
+void row_backward(const BwdProblem<T>& P, int64_t i, T* g, T* dg, const GradLayout& gl, T* param) {
   const int64_t H = P.H, D = P.D, Dh = P.Dh, HD = H * D;
   row_g<T>(P, i, g);
   const T* doi = P.dout + i * HD;
@@ -545,7 +553,7 @@ std::vector<T> relative_attention_bwd_typed(BwdProblem<T>& P, const std::vector<
     }
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < R; ++r) {
-      if (P.valid == nullptr || P.valid[r]) relative_attention_bwd_row<T>(P, r, g.data(), dg.data(), gl, param);
+      if (P.valid == nullptr || P.valid[r]) row_backward<T>(P, r, g.data(), dg.data(), gl, param);
     }
   }
   return reduce_partials<T>(partials, nt, gl.size);

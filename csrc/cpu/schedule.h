@@ -169,7 +169,8 @@ std::vector<T> reduce_partials(const std::vector<T>& partials, int nt, int64_t s
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// The CPU kernels (attention_cpu.cpp, encoding_cpu.cpp, relative_attention_cpu.cpp), run by the CPU entries of ops_cpu.cpp on checked inputs.
+// The CPU kernels (attention_cpu.cpp, encoding_cpu.cpp, relative_attention_cpu.cpp), run by the CPU entries of
+// ops_cpu.cpp on checked inputs.
 std::tuple<at::Tensor, at::Tensor> run_attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                      const at::Tensor& pos, at::TensorList psi,
                                                      const at::Tensor& seg, const std::optional<at::Tensor>& valid,
