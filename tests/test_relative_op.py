@@ -300,13 +300,16 @@ def test_compile_fullgraph_cpu_backend_with_gradients():
 
 # ---------------------------------------------------------------- the module
 
-def test_module_loads_spec_state_dict_and_matches():
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_module_loads_spec_state_dict_and_matches(backend):
+    if backend == "cpu" and not gtkernels.extension_available():
+        pytest.skip("gtkernels._C is not built")
     x = _batch(seed=5)
     d_model, heads = 12, 3
     torch.manual_seed(0)
     spec = gtkernels_py.MultiHeadRelativeAttention(d_model, heads).to(DT).eval()
     spec.load_state_dict({n: torch.randn_like(t) * 0.4 for n, t in spec.state_dict().items()})
-    fused = gtkernels.FusedRelativeAttention(d_model, heads, backend="reference").to(DT).eval()
+    fused = gtkernels.FusedRelativeAttention(d_model, heads, backend=backend).to(DT).eval()
     assert list(fused.state_dict()) == list(spec.state_dict())
     fused.load_state_dict(spec.state_dict(), strict=True)
     mask = x["mask"]
@@ -319,7 +322,7 @@ def test_module_loads_spec_state_dict_and_matches():
     packed = fused(feats[mask], x["pos"][mask], pack_graph_code(x["code"], cu), dummy=x["dummy"][mask],
                    cu_seqlens=cu)
     torch.testing.assert_close(packed, want[mask], **TIGHT)
-    assert isinstance(fused.attention, gtkernels.nn.FusedRelativeInnerAttention) and fused.backend == "reference"
+    assert isinstance(fused.attention, gtkernels.nn.FusedRelativeInnerAttention) and fused.backend == backend
     torch.manual_seed(1)
     spec_init = gtkernels_py.MultiHeadRelativeAttention(d_model, heads).state_dict()
     torch.manual_seed(1)
