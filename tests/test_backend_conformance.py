@@ -133,6 +133,7 @@ CASES = {
         R([70, 5], 2, 4, [4], layout="packed"),              # two row / key blocks of 64
         R([9, 0, 3], 3, 2, [5, 7], layout="padded"),         # d_hidden != d_k, 7 basis functions, empty molecule
         R([6], 4, 8, [8], qm9=True, layout="holes", param_seed=2, large=True),   # real molecules, holes
+        R([150], 2, 4, [4], layout="packed", mols_seed=5, large=True),         # three blocks: every phase
     ],
     "float32": [
         A([29, 18, 9, 1], 8, 16, PSI, mols_seed=3, large=True),

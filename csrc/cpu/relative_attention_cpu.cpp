@@ -171,9 +171,11 @@ void pair_hidden(const RelProblem<T>& P, int64_t i, int64_t j, int code, bool wi
   for (int64_t m = 0; m < W; ++m) u[m] = leaky(pre[m]);
 }
 
+// a·b, n long (a vectorised reduction: a fixed summation order for a given build).
 template <class T>
 inline T dot(const T* a, const T* b, int64_t n) {
   T s = T(0);
+  GT_SIMD_REDUCE(s)
   for (int64_t d = 0; d < n; ++d) s += a[d] * b[d];
   return s;
 }
