@@ -32,7 +32,22 @@ PyObject* contract(PyObject*, PyObject*) {
                   set_item(d, "max_mlp_layers", PyLong_FromLong(gt::kMaxLayers)) &&
                   set_item(d, "act_none", PyLong_FromLong(gt::kActNone)) &&
                   set_item(d, "act_relu", PyLong_FromLong(gt::kActRelu)) &&
-                  set_item(d, "act_gelu", PyLong_FromLong(gt::kActGelu));
+                  set_item(d, "act_gelu", PyLong_FromLong(gt::kActGelu)) &&
+                  set_item(d, "relation_leaky_slope", PyFloat_FromDouble(gt::kLeakySlope)) &&
+                  set_item(d, "relation_basis_size", PyLong_FromLong(gt::kBasisSize)) &&
+                  set_item(d, "relation_cutoff", PyFloat_FromDouble(gt::kBasisCutoff)) &&
+                  set_item(d, "relation_envelope_exponent", PyLong_FromLong(gt::kEnvelopeExponent)) &&
+                  set_item(d, "relation_distance_offset", PyFloat_FromDouble(gt::kDistanceOffset)) &&
+                  set_item(d, "relation_bond_channels", PyLong_FromLong(gt::kBondChannels)) &&
+                  set_item(d, "relation_hop_channels", PyLong_FromLong(gt::kHopChannels)) &&
+                  set_item(d, "code_mask_flag_bit", PyLong_FromLong(gt::kCodeMaskFlagBit)) &&
+                  set_item(d, "code_bond_type_shift", PyLong_FromLong(gt::kCodeBondTypeShift)) &&
+                  set_item(d, "code_bond_types", PyLong_FromLong(gt::kCodeBondTypes)) &&
+                  set_item(d, "code_flag_shift", PyLong_FromLong(gt::kCodeFlagShift)) &&
+                  set_item(d, "code_hop_shift", PyLong_FromLong(gt::kCodeHopShift)) &&
+                  set_item(d, "code_hop_buckets", PyLong_FromLong(gt::kCodeHopBuckets)) &&
+                  set_item(d, "code_field_mask", PyLong_FromLong(gt::kCodeFieldMask)) &&
+                  set_item(d, "code_limit", PyLong_FromLong(gt::kCodeLimit));
   if (!ok) {
     Py_DECREF(d);
     return nullptr;

@@ -176,4 +176,82 @@ inline void check_encoding_upstream(const at::Tensor& ds, const at::Tensor& pos,
   TORCH_CHECK(ds.size(0) == pos.size(0), "gtkernels: ds must have shape [", pos.size(0), "], got ", ds.sizes());
 }
 
+// φ of R-MAT: [W1 [Dh, C], c1 [Dh], W2 [width, Dh], c2 [width]], C > 14 (graph channels + at least one basis
+// function), dtype as the inputs, on dev. Returns Dh.
+inline int64_t check_relation_mlp(at::TensorList p, const char* name, int64_t width, at::ScalarType dtype,
+                                  const at::Device& dev) {
+  TORCH_CHECK(p.size() == 4, "gtkernels: ", name, " must be [W1, c1, W2, c2], got ", p.size(), " tensors");
+  const int64_t graph = gt::kBondChannels + gt::kHopChannels;
+  TORCH_CHECK(p[0].dim() == 2 && p[0].size(0) >= 1 && p[0].size(1) > graph, "gtkernels: ", name,
+              "[0] must be [Dh, C] with Dh >= 1 and C > ", graph, ", got ", p[0].sizes());
+  const int64_t Dh = p[0].size(0);
+  TORCH_CHECK(p[1].dim() == 1 && p[1].size(0) == Dh, "gtkernels: ", name, "[1] must be [", Dh, "], got ",
+              p[1].sizes());
+  TORCH_CHECK(p[2].dim() == 2 && p[2].size(0) == width && p[2].size(1) == Dh, "gtkernels: ", name, "[2] must be [",
+              width, ", ", Dh, "], got ", p[2].sizes());
+  TORCH_CHECK(p[3].dim() == 1 && p[3].size(0) == width, "gtkernels: ", name, "[3] must be [", width, "], got ",
+              p[3].sizes());
+  for (const at::Tensor& t : p) {
+    check_dtype(t, name, dtype);
+    TORCH_CHECK(t.is_contiguous() && t.device() == dev, "gtkernels: ", name, " must be contiguous tensors on ",
+                dev);
+  }
+  return Dh;
+}
+
+// The relative attention's inputs: shapes, dtypes and devices, and max_atoms (not seg's or code's values).
+inline void check_relative_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& pos, const at::Tensor& code, at::TensorList phi_k,
+                                  at::TensorList phi_v, const std::optional<at::Tensor>& v_rel, const at::Tensor& seg,
+                                  const std::optional<at::Tensor>& valid, const std::optional<at::Tensor>& dummy,
+                                  int64_t max_atoms) {
+  check_floating(q, "q");
+  const at::Device dev = q.device();
+  check_rows_tensor(q, "q", 3, dev);
+  check_rows_tensor(k, "k", 3, dev);
+  check_rows_tensor(v, "v", 3, dev);
+  check_rows_tensor(pos, "pos", 2, dev);
+  check_rows_tensor(code, "code", 1, dev);
+  const auto dtype = q.scalar_type();
+  check_dtype(k, "k", dtype);
+  check_dtype(v, "v", dtype);
+  check_dtype(pos, "pos", at::kDouble);
+  TORCH_CHECK(code.scalar_type() == at::kShort, "gtkernels: code must be int16, got ", code.scalar_type());
+  TORCH_CHECK(q.size(1) >= 1 && q.size(2) >= 1, "gtkernels: q must be [R, H, D] with H >= 1 and D >= 1, got ",
+              q.sizes());
+  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+              "gtkernels: q, k, v must have the same shape [R, H, D], got ", q.sizes(), ", ", k.sizes(), ", ",
+              v.sizes());
+  TORCH_CHECK(pos.size(0) == q.size(0) && pos.size(1) == 3, "gtkernels: pos must have shape [", q.size(0),
+              ", 3], got ", pos.sizes());
+  const int64_t width = q.size(1) * q.size(2);
+  const int64_t dh = check_relation_mlp(phi_k, "phi_k", width, dtype, dev);
+  TORCH_CHECK(check_relation_mlp(phi_v, "phi_v", width, dtype, dev) == dh && phi_v[0].size(1) == phi_k[0].size(1),
+              "gtkernels: phi_k and phi_v must have one W1 shape, got ", phi_k[0].sizes(), " and ",
+              phi_v[0].sizes());
+  if (v_rel.has_value()) {
+    check_rows_tensor(*v_rel, "v_rel", 2, dev);
+    check_dtype(*v_rel, "v_rel", dtype);
+    TORCH_CHECK(v_rel->size(0) == q.size(1) && v_rel->size(1) == q.size(2), "gtkernels: v_rel must have shape [",
+                q.size(1), ", ", q.size(2), "], got ", v_rel->sizes());
+  }
+  check_segments(seg, valid, q.size(0), dev);
+  if (dummy.has_value()) {
+    check_rows_tensor(*dummy, "dummy", 1, dev);
+    TORCH_CHECK(dummy->scalar_type() == at::kBool && dummy->size(0) == q.size(0),
+                "gtkernels: dummy must be a bool tensor of shape [", q.size(0), "], got ", dummy->scalar_type(), " ",
+                dummy->sizes());
+  }
+  check_max_atoms(max_atoms);
+}
+
+// code's length, for a seg on the host: P = Σ_b n_b².
+inline void check_code_length(const at::Tensor& code, const at::Tensor& seg) {
+  const int64_t* s = seg.data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t b = 0; b + 1 < seg.numel(); ++b) total += (s[b + 1] - s[b]) * (s[b + 1] - s[b]);
+  TORCH_CHECK(code.numel() == total, "gtkernels: code must hold P = sum of n_b^2 = ", total,
+              " pair codes for seg, got ", code.numel());
+}
+
 }  // namespace gtk

@@ -14,6 +14,12 @@
 //               kernels clamp seg into [0, R] and write NaN into every output of a molecule with more rows than
 //               max_atoms;
 //   precision : "ieee" or "tf32", the float32 matmuls of the GPU backends (the CPU kernels are always exact).
+// R-MAT relative attention (docs/semantics.md §6.4-6.5), same rows layout, plus
+//   code  : int16 [P], the graph code of every pair, molecule after molecule, each n_b × n_b block row-major
+//           (P = Σ n_b², n_b = seg[b+1] - seg[b]; a padded batch is molecules of N slots, P = B·N²);
+//   phi_k, phi_v : [W1 [Dh, C], c1 [Dh], W2 [H·D, Dh], c2 [H·D]] (nn.Linear layout, C = 14 + basis size);
+//   v_rel : optional [H, D] (R-MAT's relative_v); dummy : optional bool [R] (True: a dummy node, basis 0);
+//   lse   : [R, H] of the logits without their per-row constants (c2ᴷ's and u's terms, which softmax cancels).
 #include <torch/library.h>
 
 TORCH_LIBRARY(gtkernels_C, m) {
@@ -28,6 +34,13 @@ TORCH_LIBRARY(gtkernels_C, m) {
   m.def(
       "encoding_bwd(Tensor ds, Tensor pos, Tensor[] phi, Tensor seg, Tensor? valid, int max_atoms, "
       "str precision) -> (Tensor, Tensor[])");
+  m.def(
+      "relative_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor pos, Tensor code, Tensor[] phi_k, "
+      "Tensor[] phi_v, Tensor? v_rel, Tensor seg, Tensor? valid, Tensor? dummy, int max_atoms) -> (Tensor, Tensor)");
+  m.def(
+      "relative_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor pos, Tensor code, Tensor[] phi_k, "
+      "Tensor[] phi_v, Tensor? v_rel, Tensor seg, Tensor? valid, Tensor? dummy, int max_atoms, Tensor out, "
+      "Tensor lse) -> (Tensor, Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor)");
   // The CUDA block programs run on the host (cuda/emulation.cpp), same schemas: for tests.
   m.def(
       "cuda_emulated_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor pos, Tensor[] psi, Tensor seg, "

@@ -40,10 +40,13 @@ DISTANCE_OFFSET = 1e-6
 DUMMY_DISTANCE = 1e6
 #: Negative slope of the LeakyReLU inside φ_K and φ_V.
 LEAKY_SLOPE = 0.1
+#: The released basis' cutoff (Å) and envelope exponent (p = exponent + 1 in the envelope polynomial).
+BASIS_CUTOFF = 20.0
+ENVELOPE_EXPONENT = 5
 
 
-def distance_basis(dist: Tensor, num_radial: int = DISTANCE_CHANNELS, cutoff: float = 20.0,
-                   envelope_exponent: float = 5.0) -> Tensor:
+def distance_basis(dist: Tensor, num_radial: int = DISTANCE_CHANNELS, cutoff: float = BASIS_CUTOFF,
+                   envelope_exponent: float = ENVELOPE_EXPONENT) -> Tensor:
     """The released radial basis: ``[..., num_radial]`` from distances ``dist [...]`` in Å, in ``dist``'s dtype.
 
     x = (d + 1e-6) / cutoff, p = envelope_exponent + 1,
@@ -96,8 +99,8 @@ def hop_counts(adjacency: Tensor) -> Tensor:
 
 
 def relation_features(bond: Tensor, hops: Tensor, dist: Tensor, mask: Optional[Tensor] = None, *,
-                      num_radial: int = DISTANCE_CHANNELS, cutoff: float = 20.0,
-                      envelope_exponent: float = 5.0) -> Tensor:
+                      num_radial: int = DISTANCE_CHANNELS, cutoff: float = BASIS_CUTOFF,
+                      envelope_exponent: float = ENVELOPE_EXPONENT) -> Tensor:
     """b ``[B, N, N, 8 + 6 + num_radial]`` = [bond | hop_one_hot(hops) | distance_basis(dist)], dtype of ``bond``.
 
     Args:

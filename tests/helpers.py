@@ -193,11 +193,15 @@ class Problem:
     cu_seqlens: Optional[torch.Tensor]
     heads: int = 1
     d: int = 1
+    #: further inputs of the op that gradients are not taken of (the relative attention's graph code, dummy flags,
+    #: and its cancelled constants c2ᴷ and u)
+    extra: dict = dataclasses.field(default_factory=dict)
 
     def cast(self, dtype) -> "Problem":
         """The same values as leaves of ``dtype`` (mask and cu_seqlens shared)."""
+        extra = {n: t.to(dtype) if t is not None and t.is_floating_point() else t for n, t in self.extra.items()}
         return dataclasses.replace(self, tensors=[t.detach().to(dtype).requires_grad_() for t in self.tensors],
-                                   params=[p.detach().to(dtype).requires_grad_() for p in self.params])
+                                   params=[p.detach().to(dtype).requires_grad_() for p in self.params], extra=extra)
 
     def terms(self, op: "Op") -> List[int]:
         """The summation length (:func:`summation_terms`) of ``op``'s output and of each gradient."""
@@ -223,6 +227,8 @@ class Op:
     out_term = ""
     #: the output of a molecule's single atom, when the op's definition fixes it (None: it does not)
     lone_atom_value: Optional[float] = None
+    #: the compiled backends with kernels for this op (the others are skipped: "not built for this op")
+    backends: Sequence[str] = ("cpu", "cuda", "triton")
 
     def problem(self, mols, widths, heads: int = 1, d: int = 1, dtype=torch.float64, layout: str = "padded",
                 param_seed: int = 1) -> Problem:
@@ -309,9 +315,114 @@ class EncodingOp(Op):
                                        pos.shape[1], "ieee", backend)
 
 
-ATTENTION, ENCODING = AttentionOp(), EncodingOp()
+def _random_codes(batch: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Valid int16 graph codes ``[batch, n, n]`` (every bond type, flag and hop bucket drawn uniformly)."""
+    from gtkernels import contract
+    fields = [(2, contract.MASK_FLAG_BIT), (contract.BOND_TYPES + 1, contract.BOND_TYPE_SHIFT),
+              *[(2, bit) for bit in contract.FLAG_BITS], (contract.HOP_BUCKETS, contract.HOP_SHIFT)]
+    code = torch.zeros((batch, n, n), dtype=torch.int64)
+    for size, shift in fields:
+        code |= torch.randint(size, (batch, n, n), generator=gen) << shift
+    return code.to(torch.int16)
+
+
+class RelativeOp(Op):
+    """R-MAT's relative attention (``gtkernels.relative_attention``). ``widths = (d_hidden[, basis size])``: φ's
+    hidden width (default d_k) and the number of distance-basis functions (default 32). Atom 0 of every
+    molecule of more than two atoms is a dummy node; graph codes are random valid codes. The leaves are q, k, v,
+    pos and ``[W1ᴷ, c1ᴷ, W2ᴷ, W1ⱽ, c1ⱽ, W2ⱽ, c2ⱽ, v_rel]``; c2ᴷ and u, whose terms the softmax cancels, sit in
+    ``extra`` (their zero gradients: test_relative_cancelled_constants_get_zero_gradients)."""
+    name = "relative_attention"
+    tensor_names = ("q", "k", "v", "pos")
+    tensor_terms = ("q", "k", "v", "pos")
+    param_name, param_term, out_term = "phi", "psi", "out"
+    backends = ("cpu",)
+
+    @staticmethod
+    def _params(heads, d, widths, dtype, seed, device=None):
+        from gtkernels.contract import GRAPH_CHANNELS
+        hidden = widths[0] if widths else d
+        channels = GRAPH_CHANNELS + (widths[1] if len(widths) > 1 else 32)
+        g = torch.Generator().manual_seed(seed)
+
+        def rand(*shape, gain=1.0):
+            return (torch.randn(shape, generator=g, dtype=torch.float64) * gain).to(dtype)
+
+        w1k, c1k, w2k, c2k = (rand(hidden, channels, gain=channels ** -0.5), rand(hidden, gain=0.3),
+                              rand(heads * d, hidden, gain=hidden ** -0.5), rand(heads * d, gain=0.3))
+        w1v, c1v, w2v, c2v = (rand(hidden, channels, gain=channels ** -0.5), rand(hidden, gain=0.3),
+                              rand(heads * d, hidden, gain=hidden ** -0.5), rand(heads * d, gain=0.3))
+        u, v_rel = rand(heads, d, gain=0.5), rand(heads, d, gain=0.5)
+        params = [t.requires_grad_() for t in (w1k, c1k, w2k, w1v, c1v, w2v, c2v, v_rel)]
+        return on_device(device, params) if device is not None else params, dict(c2k=c2k, u=u)
+
+    def problem(self, mols, widths, heads=1, d=1, dtype=torch.float64, layout="padded", param_seed=1):
+        from gtkernels.ops.relation_code import pack_graph_code
+        q, k, v, pos, mask, _ = attention_inputs(mols, heads, d, dtype=dtype)
+        batch, n = mask.shape
+        code = _random_codes(batch, n, torch.Generator().manual_seed(100 + param_seed))
+        sizes = mask.sum(1)
+        dummy = (torch.arange(n)[None, :] == 0) & (sizes[:, None] > 2)
+        tensors = [q, k, v, pos]
+        if layout == "holes":
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(7))
+            mask, tensors = holes(mask, *tensors)
+            code, dummy = code[:, perm][:, :, perm], dummy[:, perm]
+        params, extra = self._params(heads, d, widths, dtype, param_seed)
+        cu = None
+        if layout == "packed":
+            cu = torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)]).to(torch.int32)
+            tensors = [t.detach()[mask].requires_grad_() for t in tensors]
+            code, dummy, mask = pack_graph_code(code, cu), dummy[mask], None
+        extra.update(code=code, dummy=dummy)
+        return Problem(list(mols), tensors, params, mask, cu, heads, d, extra)
+
+    def zeros(self, batch, atoms, heads, d, device):
+        q = torch.zeros((batch, atoms, heads, d), dtype=torch.float64, device=device, requires_grad=True)
+        pos = torch.zeros((batch, atoms, 3), dtype=torch.float64, device=device)
+        params, extra = self._params(heads, d, (4, 2), torch.float64, 0, device)
+        extra = {n: t.to(device) for n, t in extra.items()}
+        extra.update(code=torch.zeros((batch, atoms, atoms), dtype=torch.int16, device=device), dummy=None)
+        return Problem([], [q, q, q, pos], params, None, None, heads, d, extra)
+
+    def out_shape(self, problem):
+        return problem.tensors[0].shape
+
+    @staticmethod
+    def _phi(problem, params):
+        w1k, c1k, w2k, w1v, c1v, w2v, c2v, v_rel = params
+        return [w1k, c1k, w2k, problem.extra["c2k"]], [w1v, c1v, w2v, c2v], v_rel
+
+    def __call__(self, problem, backend, **kw):
+        q, k, v, pos = problem.tensors
+        phi_k, phi_v, v_rel = self._phi(problem, problem.params)
+        x = problem.extra
+        return gtkernels.relative_attention(q, k, v, pos, x["code"], phi_k, phi_v, problem.mask, dummy=x["dummy"],
+                                            cu_seqlens=problem.cu_seqlens, u=x["u"], v_rel=v_rel, backend=backend,
+                                            **kw)
+
+    def rows_call(self, problem, backend):
+        from gtkernels.ops import registry
+        from gtkernels.ops.layout import padded_segments, padded_to_rows
+        q = problem.tensors[0]
+        seg, valid = padded_segments(q.shape[0], q.shape[1], problem.mask, q.device)
+        rows = [padded_to_rows(t.detach()).requires_grad_() for t in problem.tensors]
+        phi_k, phi_v, v_rel = self._phi(problem, problem.params)
+        x = problem.extra
+        dummy = None if x["dummy"] is None else x["dummy"].reshape(-1).contiguous()
+        return registry.relative_attention_fwd, (*rows, x["code"].reshape(-1).contiguous(), phi_k, phi_v, x["u"],
+                                                 v_rel, seg, valid, dummy, q.shape[1], backend)
+
+
+ATTENTION, ENCODING, RELATIVE = AttentionOp(), EncodingOp(), RelativeOp()
 #: Every public op; the conformance cases run on each (their shapes: test_backend_conformance.CASES).
-OPS = (ATTENTION, ENCODING)
+OPS = (ATTENTION, ENCODING, RELATIVE)
+
+
+def skip_unbuilt(op: Op, backend: str) -> None:
+    """Skips when ``backend`` has no kernels for ``op``."""
+    if backend != "reference" and backend not in op.backends:
+        pytest.skip(f"backend {backend!r}: not built for this op ({op.name})")
 
 
 def on_backend(problem: Problem, backend: str) -> Problem:
@@ -319,7 +430,9 @@ def on_backend(problem: Problem, backend: str) -> Problem:
     device = backend_device(backend)
     tensors, params = on_device(device, problem.tensors), on_device(device, problem.params)
     mask, cu = on_device(device, [problem.mask, problem.cu_seqlens])
-    return dataclasses.replace(problem, tensors=tensors, params=params, mask=mask, cu_seqlens=cu)
+    extra = dict(zip(problem.extra, on_device(device, [t.detach() if t is not None else None
+                                                       for t in problem.extra.values()])))
+    return dataclasses.replace(problem, tensors=tensors, params=params, mask=mask, cu_seqlens=cu, extra=extra)
 
 
 def run(op: Op, problem: Problem, backend: str, **kw):

@@ -3,7 +3,8 @@
 Backends (``helpers.COMPILED_BACKENDS``): ``cpu`` (fused C++), ``cuda`` (C++/CUDA kernels; without a GPU their
 host emulation, ``GTKERNELS_CUDA_EMULATE=1``) and ``triton`` (without a GPU its interpreter, ``TRITON_INTERPRET=1``
 set by conftest.py before triton is imported); each is skipped with the reason when it cannot run here. Ops
-(``helpers.OPS``): geometric attention and the geometric encoding. A new backend joins COMPILED_BACKENDS, a new op
+(``helpers.OPS``): geometric attention, the geometric encoding and R-MAT's relative attention (whose cases skip
+the backends without its kernels: "not built for this op"). A new backend joins COMPILED_BACKENDS, a new op
 OPS and the shape tables below (``test_every_op_has_every_case`` checks that none is missing).
 
 float64: forward and every gradient (each input tensor, each ψω/φ parameter) to 1e-10 relative of the reference
@@ -22,9 +23,9 @@ import torch
 
 import gtkernels
 import gtkernels_py
-from helpers import (ATTENTION, COMPILED_BACKENDS, ENCODING, OPS, Op, Problem, assert_within_2x, backend_device,
-                     emulated, mlp_params, on_backend, on_device, qm9_molecules, random_molecules, rel_err, run,
-                     use_backend)
+from helpers import (ATTENTION, COMPILED_BACKENDS, ENCODING, OPS, RELATIVE, Op, Problem, assert_within_2x,
+                     backend_device, emulated, mlp_params, on_backend, on_device, qm9_molecules, random_molecules,
+                     rel_err, run, skip_unbuilt, use_backend)
 
 TOL64 = 1e-10
 ORACLES = ("reference", "cpu")
@@ -77,7 +78,7 @@ class Case:
     @property
     def id(self):
         mols = f"qm9x{self.sizes[0]}" if self.qm9 else "-".join(map(str, self.sizes))
-        heads = f"_h{self.heads}_d{self.d}" if self.op is ATTENTION else ""
+        heads = f"_h{self.heads}_d{self.d}" if self.op is not ENCODING else ""
         return f"{self.op.name}_{mols}{heads}_mlp{len(self.widths)}_{self.layout}" + ("_large" if self.large else "")
 
 
@@ -87,6 +88,11 @@ def A(sizes, heads, d, widths, **kw):
 
 def E(sizes, widths, **kw):
     return Case(ENCODING, tuple(sizes), tuple(widths), **kw)
+
+
+def R(sizes, heads, d, widths, **kw):
+    """A relative-attention case; widths = (φ's hidden width[, distance-basis size]), see helpers.RelativeOp."""
+    return Case(RELATIVE, tuple(sizes), tuple(widths), heads, d, **kw)
 
 
 PSI = (50, 50, 50)   # the paper's ψω hidden widths
@@ -122,6 +128,12 @@ CASES = {
             ([4, 2], [], "packed"),                  # φ = GELU(Linear(1→1))
             ([6, 0, 3], [16, 16, 16, 16], "packed"),  # 3 hidden layers, empty molecule
         ]],
+        R([5, 1, 7, 2], 2, 3, [3], layout="holes"),          # dummy nodes, a one-atom molecule (itself its key)
+        R([5, 1, 7, 2], 2, 3, [3], layout="packed"),
+        R([70, 5], 2, 4, [4], layout="packed"),              # two row / key blocks of 64
+        R([9, 0, 3], 3, 2, [5, 7], layout="padded"),         # d_hidden != d_k, 7 basis functions, empty molecule
+        R([6], 4, 8, [8], qm9=True, layout="holes", param_seed=2, large=True),   # real molecules, holes
+        R([150], 2, 4, [4], layout="packed", mols_seed=5, large=True),         # three blocks: every phase
     ],
     "float32": [
         A([29, 18, 9, 1], 8, 16, PSI, mols_seed=3, large=True),
@@ -130,19 +142,26 @@ CASES = {
         A([4], 4, 16, PSI, qm9=True, param_seed=2),
         A([70, 9], 3, 2, PSI, mols_seed=3, param_seed=2),
         E([4], [50], qm9=True, param_seed=4),
+        R([29, 18, 9, 1], 4, 8, [8], mols_seed=3),
+        R([70, 9], 2, 4, [4], mols_seed=3, param_seed=2),
     ],
     # molecule 1 is made all padding; molecule 2 is a single atom
     "degenerate": [A([4, 3, 1], 2, 2, PSI, mols_seed=4, param_seed=0),
-                   E([4, 3, 1], [50], mols_seed=4, param_seed=0)],
+                   E([4, 3, 1], [50], mols_seed=4, param_seed=0),
+                   R([4, 3, 1], 2, 2, [2], mols_seed=4, param_seed=0)],
     "packed_padded": [A([8, 3, 1, 11], 3, 4, PSI, mols_seed=0, param_seed=0),
-                      E([8, 3, 1, 11], [50], mols_seed=0, param_seed=0)],
+                      E([8, 3, 1, 11], [50], mols_seed=0, param_seed=0),
+                      R([8, 3, 1, 11], 3, 4, [4], mols_seed=0, param_seed=0)],
     "determinism": [A([20, 13, 7, 25], 4, 4, PSI, layout="packed", mols_seed=9, param_seed=0, large=True),
                     A([20, 7], 2, 4, PSI, layout="packed", mols_seed=9, param_seed=0),
-                    E([20, 7], [50], layout="packed", mols_seed=9, param_seed=0)],
+                    E([20, 7], [50], layout="packed", mols_seed=9, param_seed=0),
+                    R([20, 70, 7], 2, 4, [4], layout="packed", mols_seed=9, param_seed=0)],
     "gradcheck": [A([4, 1, 3], 2, 2, [5, 5], mols_seed=2, param_seed=3, large=True),
                   E([3, 4, 1], [6], mols_seed=6, param_seed=5, large=True),
                   A([3, 1, 2], 2, 2, [5, 5], mols_seed=2, param_seed=3, fast_mode=True),
-                  E([3, 4, 1], [6], mols_seed=6, param_seed=5, fast_mode=True)],
+                  E([3, 4, 1], [6], mols_seed=6, param_seed=5, fast_mode=True),
+                  R([4, 1, 3], 2, 2, [3, 4], mols_seed=2, param_seed=3, large=True),
+                  R([3, 1, 2], 2, 2, [3, 4], mols_seed=2, param_seed=3, fast_mode=True)],
 }
 
 
@@ -151,6 +170,7 @@ def cases(kind):
 
 
 def _skip_if_large(case, backend):
+    skip_unbuilt(case.op, backend)
     if case.large and emulated(backend):
         pytest.skip(f"large case: {backend} is emulated on the host here (its small cases cover it)")
 
@@ -192,6 +212,7 @@ def test_float32_within_2x_of_reference(case, backend):
 
 @pytest.mark.parametrize("case", cases("degenerate"))
 def test_degenerate_rows_are_zero_not_nan(case, backend):
+    skip_unbuilt(case.op, backend)
     problem = case.problem()
     mask = problem.mask.clone()
     mask[1] = False                    # a molecule that is all padding
@@ -213,6 +234,7 @@ def test_degenerate_rows_are_zero_not_nan(case, backend):
 
 @pytest.mark.parametrize("case", cases("packed_padded"))
 def test_packed_equals_padded(case, backend):
+    skip_unbuilt(case.op, backend)
     mols = case.molecules()
     padded = case.op.problem(mols, case.widths, case.heads, case.d, layout="padded", param_seed=case.param_seed)
     packed = case.op.problem(mols, case.widths, case.heads, case.d, layout="packed", param_seed=case.param_seed)
@@ -224,6 +246,7 @@ def test_packed_equals_padded(case, backend):
 
 @pytest.mark.parametrize("op", OPS, ids=[op.name for op in OPS])
 def test_empty_batch(op, backend):
+    skip_unbuilt(op, backend)
     device = backend_device(backend)
     for batch, atoms in [(0, 5), (3, 0)]:
         problem = op.zeros(batch, atoms, heads=2, d=3, device=device)
@@ -259,6 +282,26 @@ def test_gradcheck_and_opcheck(case, backend):
                                     fast_mode=case.fast_mode)
     if case.fast_mode:
         torch.library.opcheck(*case.op.rows_call(problem, backend))
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES["float64"]
+                                  if c.op is RELATIVE and c.layout == "holes"])
+def test_relative_cancelled_constants_get_zero_gradients(case, backend):
+    """c2ᴷ's and u's logit terms are constant along j: the fused kernels give them a gradient of exactly 0, the
+    reference's autograd one at rounding level (float64)."""
+    _skip_if_large(case, backend)
+    for name in (backend, "reference"):
+        problem = on_backend(case.problem(), name)
+        for t in ("c2k", "u"):
+            problem.extra[t].requires_grad_()
+        out = case.op(problem, name)
+        grads = torch.autograd.grad((out * torch.randn_like(out)).sum(), [problem.extra["c2k"], problem.extra["u"],
+                                                                           problem.params[2]])
+        if name == backend:
+            assert (grads[0] == 0).all() and (grads[1] == 0).all()
+        else:
+            scale = grads[2].abs().max()
+            assert grads[0].abs().max() <= 1e-12 * scale and grads[1].abs().max() <= 1e-12 * scale
 
 
 def test_attention_lse_and_rows_layout_match_cpu(backend):

@@ -132,7 +132,11 @@ def registration_problems(root: pathlib.Path):
 
 #: The contract's constants, as a definition (or the bare ε literal) would state them: in contract.h only.
 CONTRACT_DEFINITIONS = {name: rf"\b{name}\s*=" for name in
-                        ("kDistanceEps", "kMaxWidth", "kMaxLayers", "kActNone", "kActRelu", "kActGelu")}
+                        ("kDistanceEps", "kMaxWidth", "kMaxLayers", "kActNone", "kActRelu", "kActGelu",
+                         "kLeakySlope", "kBasisSize", "kBasisCutoff", "kEnvelopeExponent", "kDistanceOffset",
+                         "kBondChannels", "kHopChannels", "kCodeMaskFlagBit", "kCodeBondTypeShift",
+                         "kCodeBondTypes", "kCodeFlagShift", "kCodeHopShift", "kCodeHopBuckets", "kCodeFieldMask",
+                         "kCodeLimit")}
 CONTRACT_DEFINITIONS["the literal 1e-16"] = r"(?<![\w.])1e-16\b"
 
 

@@ -1,8 +1,8 @@
 // ops_cpu.cpp — the CPU implementations of the gtkernels_C ops (schemas in ../ops.cpp): the input checks
-// (../op_checks.h, seg's values included: seg is on the host), then the kernels of attention_cpu.cpp and
-// encoding_cpu.cpp. As cuda/ops_cuda.cpp for the CUDA kernels, this file registers and the kernel files compute:
-// each kernel file is a translation unit of its own, so the registration's templates do not change how the
-// compiler inlines the kernels.
+// (../op_checks.h, seg's values included: seg is on the host), then the kernels of attention_cpu.cpp,
+// encoding_cpu.cpp and relative_attention_cpu.cpp. As cuda/ops_cuda.cpp for the CUDA kernels, this file
+// registers and the kernel files compute: each kernel file is a translation unit of its own, so the
+// registration's templates do not change how the compiler inlines the kernels.
 #include <torch/library.h>
 
 #include <optional>
@@ -55,6 +55,30 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> encoding_bwd_cpu(const at::Tenso
   return run_encoding_bwd(ds, pos, phi, seg, valid);
 }
 
+std::tuple<at::Tensor, at::Tensor> relative_attention_fwd_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos, const at::Tensor& code,
+    at::TensorList phi_k, at::TensorList phi_v, const std::optional<at::Tensor>& v_rel, const at::Tensor& seg,
+    const std::optional<at::Tensor>& valid, const std::optional<at::Tensor>& dummy, int64_t max_atoms) {
+  check_relative_inputs(q, k, v, pos, code, phi_k, phi_v, v_rel, seg, valid, dummy, max_atoms);
+  check_segment_values(seg, q.size(0), max_atoms);
+  check_code_length(code, seg);
+  return run_relative_attention_fwd(q, k, v, pos, code, phi_k, phi_v, v_rel, seg, valid, dummy);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
+           at::Tensor>
+relative_attention_bwd_cpu(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& pos, const at::Tensor& code, at::TensorList phi_k,
+                           at::TensorList phi_v, const std::optional<at::Tensor>& v_rel, const at::Tensor& seg,
+                           const std::optional<at::Tensor>& valid, const std::optional<at::Tensor>& dummy,
+                           int64_t max_atoms, const at::Tensor& out, const at::Tensor& lse) {
+  check_relative_inputs(q, k, v, pos, code, phi_k, phi_v, v_rel, seg, valid, dummy, max_atoms);
+  check_segment_values(seg, q.size(0), max_atoms);
+  check_code_length(code, seg);
+  check_attention_saved(q, dout, out, lse, q.scalar_type());
+  return run_relative_attention_bwd(dout, q, k, v, pos, code, phi_k, phi_v, v_rel, seg, valid, dummy, out, lse);
+}
+
 }  // namespace
 }  // namespace gtk
 
@@ -63,4 +87,6 @@ TORCH_LIBRARY_IMPL(gtkernels_C, CPU, m) {
   m.impl("attention_bwd", &gtk::attention_bwd_cpu);
   m.impl("encoding_fwd", &gtk::encoding_fwd_cpu);
   m.impl("encoding_bwd", &gtk::encoding_bwd_cpu);
+  m.impl("relative_attention_fwd", &gtk::relative_attention_fwd_cpu);
+  m.impl("relative_attention_bwd", &gtk::relative_attention_bwd_cpu);
 }

@@ -1,4 +1,5 @@
-// schedule.h — the torch side shared by the CPU kernels (attention_cpu.cpp, encoding_cpu.cpp): the task schedule
+// schedule.h — the torch side shared by the CPU kernels (attention_cpu.cpp, encoding_cpu.cpp,
+// relative_attention_cpu.cpp): the task schedule
 // over segments (blocks of rows, phases of disjoint block pairs), the OpenMP thread count, the per-thread
 // gradient buffers and their reduction, the unpacking of the flat MLP gradient, and the kernels' entries.
 #pragma once
@@ -168,7 +169,8 @@ std::vector<T> reduce_partials(const std::vector<T>& partials, int nt, int64_t s
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// The CPU kernels (attention_cpu.cpp, encoding_cpu.cpp), run by the CPU entries of ops_cpu.cpp on checked inputs.
+// The CPU kernels (attention_cpu.cpp, encoding_cpu.cpp, relative_attention_cpu.cpp), run by the CPU entries of
+// ops_cpu.cpp on checked inputs.
 std::tuple<at::Tensor, at::Tensor> run_attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                      const at::Tensor& pos, at::TensorList psi,
                                                      const at::Tensor& seg, const std::optional<at::Tensor>& valid,
@@ -185,5 +187,22 @@ at::Tensor run_encoding_fwd(const at::Tensor& pos, at::TensorList phi, const at:
 std::tuple<at::Tensor, std::vector<at::Tensor>> run_encoding_bwd(const at::Tensor& ds, const at::Tensor& pos,
                                                                  at::TensorList phi, const at::Tensor& seg,
                                                                  const std::optional<at::Tensor>& valid);
+
+std::tuple<at::Tensor, at::Tensor> run_relative_attention_fwd(const at::Tensor& q, const at::Tensor& k,
+                                                              const at::Tensor& v, const at::Tensor& pos,
+                                                              const at::Tensor& code, at::TensorList phi_k,
+                                                              at::TensorList phi_v,
+                                                              const std::optional<at::Tensor>& v_rel,
+                                                              const at::Tensor& seg,
+                                                              const std::optional<at::Tensor>& valid,
+                                                              const std::optional<at::Tensor>& dummy);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
+           at::Tensor>
+run_relative_attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& pos, const at::Tensor& code, at::TensorList phi_k,
+                           at::TensorList phi_v, const std::optional<at::Tensor>& v_rel, const at::Tensor& seg,
+                           const std::optional<at::Tensor>& valid, const std::optional<at::Tensor>& dummy,
+                           const at::Tensor& out, const at::Tensor& lse);
 
 }  // namespace gtk

@@ -133,3 +133,62 @@ def _encoding_backward(ctx, ds):
 
 
 encoding_fwd.register_autograd(_encoding_backward, setup_context=_encoding_setup)
+
+
+# ------------------------------------------------------------------------------------------ relative attention
+# R-MAT (docs/semantics.md §6.5). Rows layout as above, plus ``code: int16 [P]`` (molecule after molecule, each
+# n_b × n_b block row-major), φ_K, φ_V as ``[W1, c1, W2, c2]``, optional ``u, v_rel [H, D]`` and bool
+# ``dummy [R]``. The kernels never see ``u``: its logit term k_i·u_h, like c2ᴷ's, is constant along j and
+# cancelled by the softmax, so both get a gradient of exactly 0 (the reference's autograd gives rounding noise).
+@torch.library.custom_op("gtkernels::relative_attention_fwd", mutates_args=())
+def relative_attention_fwd(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, code: Tensor, phi_k: List[Tensor],
+                           phi_v: List[Tensor], u: Optional[Tensor], v_rel: Optional[Tensor], seg: Tensor,
+                           valid: Optional[Tensor], dummy: Optional[Tensor], max_atoms: int,
+                           backend: str) -> Tuple[Tensor, Tensor]:
+    """Fused R-MAT relative attention forward: ``z [R, H, D]`` and ``lse [R, H]`` of the logits without their
+    per-row constants."""
+    return tuple(_kernels(backend, q.device).relative_attention_fwd(q, k, v, pos, code, phi_k, phi_v, v_rel, seg,
+                                                                    valid, dummy, max_atoms))
+
+
+@relative_attention_fwd.register_fake
+def _(q, k, v, pos, code, phi_k, phi_v, u, v_rel, seg, valid, dummy, max_atoms, backend):
+    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=lse_dtype(q.dtype))
+
+
+@torch.library.custom_op("gtkernels::relative_attention_bwd", mutates_args=())
+def relative_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, code: Tensor,
+                           phi_k: List[Tensor], phi_v: List[Tensor], v_rel: Optional[Tensor], seg: Tensor,
+                           valid: Optional[Tensor], dummy: Optional[Tensor], max_atoms: int, out: Tensor, lse: Tensor,
+                           backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, List[Tensor], List[Tensor], Tensor]:
+    """Backward by recomputation from lse: ``dq, dk, dv, dpos``, the φ_K and φ_V gradients (that of c2ᴷ is 0) and
+    ``dv_rel [H, D]`` (0 when v_rel is None)."""
+    dq, dk, dv, dpos, dphi_k, dphi_v, dv_rel = _kernels(backend, q.device).relative_attention_bwd(
+        dout, q, k, v, pos, code, phi_k, phi_v, v_rel, seg, valid, dummy, max_atoms, out, lse)
+    return dq, dk, dv, dpos, list(dphi_k), list(dphi_v), dv_rel
+
+
+@relative_attention_bwd.register_fake
+def _(dout, q, k, v, pos, code, phi_k, phi_v, v_rel, seg, valid, dummy, max_atoms, out, lse, backend):
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(pos),
+            [torch.empty_like(p) for p in phi_k], [torch.empty_like(p) for p in phi_v], q.new_empty(q.shape[1:]))
+
+
+def _relative_setup(ctx, inputs, output):
+    q, k, v, pos, code, phi_k, phi_v, u, v_rel, seg, valid, dummy, max_atoms, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, pos, code, u, v_rel, seg, valid, dummy, out, lse, *phi_k, *phi_v)
+    ctx.max_atoms, ctx.backend = max_atoms, backend
+
+
+def _relative_backward(ctx, dout, dlse):
+    q, k, v, pos, code, u, v_rel, seg, valid, dummy, out, lse, *phi = ctx.saved_tensors
+    dq, dk, dv, dpos, dphi_k, dphi_v, dv_rel = relative_attention_bwd(
+        dout.contiguous(), q, k, v, pos, code, phi[:4], phi[4:], v_rel, seg, valid, dummy, ctx.max_atoms, out, lse,
+        ctx.backend)
+    du = None if u is None else torch.zeros_like(u)
+    return (dq, dk, dv, dpos, None, dphi_k, dphi_v, du, None if v_rel is None else dv_rel, None, None, None, None,
+            None)
+
+
+relative_attention_fwd.register_autograd(_relative_backward, setup_context=_relative_setup)

@@ -15,9 +15,10 @@ bits    field                                                       b_ij channel
 10–15   zero
 ======  ==========================================================  ========================
 
-A valid code is in [0, 1024) with t ≤ 4 and h ≤ 5: 5 · 8 · 6 · 2 = 480 valid codes. Decoding sets each channel
-by a comparison of its field, so an out-of-range field (t > 4, h > 5; rejected by the checks) gives all-zero
-channels for that field, never an out-of-bounds read.
+The layout's constants live in :mod:`gtkernels.contract` (and csrc/contract.h, for the kernels). A valid code
+is in [0, 1024) with t ≤ 4 and h ≤ 5: 5 · 8 · 6 · 2 = 480 valid codes. Decoding sets each channel by a
+comparison of its field, so an out-of-range field (t > 4, h > 5; rejected by the checks) gives all-zero channels
+for that field, never an out-of-bounds read.
 
 Packed layout: molecule b's n_b × n_b codes, row-major (query atom i, key atom j), one after the other:
 ``[P]`` with P = Σ_b n_b² (:func:`pack_graph_code`); padded: ``[B, N, N]``.
@@ -29,26 +30,14 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from gtkernels_py.relative_attention import BOND_CHANNELS, HOP_CHANNELS, MAX_HOP
+from ..contract import (BOND_CHANNELS, BOND_TYPE_SHIFT, BOND_TYPES, CODE_LIMIT, FIELD_MASK, FLAG_BITS,
+                        GRAPH_CHANNELS, HOP_BUCKETS, HOP_SHIFT, MASK_FLAG_BIT, MAX_HOP, NO_PATH)
+
+__all__ = ["CODE_DTYPE", "GRAPH_CHANNELS", "CODE_LIMIT", "encode_graph_relation", "check_graph_code",
+           "decode_graph_relation", "pair_index", "pack_graph_code", "unpack_graph_code"]
 
 #: dtype of the graph code.
 CODE_DTYPE = torch.int16
-#: Channels of b_ij the code stands for (bond, then hop one-hot).
-GRAPH_CHANNELS = BOND_CHANNELS + HOP_CHANNELS
-
-MASK_FLAG_BIT = 0
-BOND_TYPE_SHIFT = 1
-#: Bond types 1..BOND_TYPES are channels 1..BOND_TYPES; 0 is "no bond".
-BOND_TYPES = 4
-#: Bits of the aromatic, conjugated and in-ring flags (channels 5, 6, 7).
-FLAG_BITS = (4, 5, 6)
-HOP_SHIFT = 7
-#: Hop buckets 0..HOP_BUCKETS − 1 are channels 8.. 13: hop counts 0..MAX_HOP − 1, MAX_HOP or more, no path.
-HOP_BUCKETS = HOP_CHANNELS
-NO_PATH = MAX_HOP + 1
-FIELD_MASK = 0b111
-#: Every valid code is below this.
-CODE_LIMIT = 1 << (HOP_SHIFT + 3)
 
 
 def _shape(t: Tensor) -> Tuple[int, ...]:

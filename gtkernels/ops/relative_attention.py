@@ -9,8 +9,8 @@ from torch import Tensor
 import gtkernels_py
 from gtkernels_py.relative_attention import DUMMY_DISTANCE, distance_basis
 from .._backends import resolve_relative_backend
-from . import validation
-from .geometry import BatchGeometry, as_geometry, check_rows
+from . import registry, validation
+from .geometry import BatchGeometry, as_geometry, check_rows, rows_of
 from .relation_code import CODE_DTYPE, GRAPH_CHANNELS, check_graph_code, decode_graph_relation, unpack_graph_code
 from .validation import FLOATS, check_positions, check_same, check_tensor
 
@@ -46,8 +46,11 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, pos: Union[Tensor, Batch
         dropout_p, phi_dropout_p: dropout on α and on φ's hidden layer (training; 0 in eval).
         max_seqlen: packed only: the largest molecule's atom count, known on the host; None reads it from
             cu_seqlens (a host sync).
-        backend: ``"auto"`` or ``"reference"`` (the fused ``"cpu"``, ``"triton"``, ``"cuda"`` kernels of this op
-            are not built yet and raise ``NotImplementedError``).
+        backend: ``"auto"`` (``"cpu"`` for float32/float64 CPU tensors without dropout, else ``"reference"``),
+            ``"reference"`` or ``"cpu"`` (the fused C++ kernels: no dropout; distances in float64); the
+            ``"triton"`` and ``"cuda"`` kernels of this op are not built yet and raise ``NotImplementedError``.
+            The fused kernels give u and φ_K's output bias c2ᴷ a gradient of exactly 0 (their logit terms are
+            constant along j, which the softmax cancels; the reference gives rounding noise).
         validate: the data-dependent checks (finite positions and atoms ≥ 1e-3 Å apart, dummy nodes exempt;
             cu_seqlens contents; valid codes on real pairs; P = Σ n_b²). They cost a host sync and are skipped
             under ``torch.compile``.
@@ -100,9 +103,17 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, pos: Union[Tensor, Batch
     for name, p in (("dropout_p", dropout_p), ("phi_dropout_p", phi_dropout_p)):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {p}")
-    backend = resolve_relative_backend(backend)
+    backend = resolve_relative_backend(backend, q.device, q.dtype, dropout_p, phi_dropout_p)
     if validate and not torch.compiler.is_compiling():
         _check_values(geom, graph_code, dummy)
+
+    if backend != "reference":
+        out, _ = registry.relative_attention_fwd(
+            rows_of(q, geom), rows_of(k, geom), rows_of(v, geom), geom.pos_rows, graph_code.reshape(-1).contiguous(),
+            [p.contiguous() for p in phi_k_params], [p.contiguous() for p in phi_v_params], u,
+            None if v_rel is None else v_rel.contiguous(), geom.seg, geom.valid,
+            None if dummy is None else dummy.reshape(-1).contiguous(), geom.max_atoms, backend)
+        return out.view(q.shape)
 
     if geom.padded:
         return _reference(q, k, v, geom.positions, graph_code, phi_k_params, phi_v_params, geom.mask, dummy,
