@@ -245,13 +245,4 @@ inline void check_relative_inputs(const at::Tensor& q, const at::Tensor& k, cons
   check_max_atoms(max_atoms);
 }
 
-// code's length, for a seg on the host: P = Σ_b n_b².
-inline void check_code_length(const at::Tensor& code, const at::Tensor& seg) {
-  const int64_t* s = seg.data_ptr<int64_t>();
-  int64_t total = 0;
-  for (int64_t b = 0; b + 1 < seg.numel(); ++b) total += (s[b + 1] - s[b]) * (s[b + 1] - s[b]);
-  TORCH_CHECK(code.numel() == total, "gtkernels: code must hold P = sum of n_b^2 = ", total,
-              " pair codes for seg, got ", code.numel());
-}
-
 }  // namespace gtk

@@ -15,6 +15,15 @@
 namespace gtk {
 namespace {
 
+// code's length for seg (on the host here, as every CPU input): P = Σ_b n_b².
+void check_code_length(const at::Tensor& code, const at::Tensor& seg) {
+  const int64_t* s = seg.data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t b = 0; b + 1 < seg.numel(); ++b) total += (s[b + 1] - s[b]) * (s[b + 1] - s[b]);
+  TORCH_CHECK(code.numel() == total, "gtkernels: code must hold P = sum of n_b^2 = ", total,
+              " pair codes for seg, got ", code.numel());
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                      const at::Tensor& pos, at::TensorList psi,
                                                      const at::Tensor& seg, const std::optional<at::Tensor>& valid,
