@@ -9,7 +9,7 @@ from torch import Tensor
 import gtkernels_py
 from .._backends import check_precision, mlp_fits_kernels, resolve_backend
 from . import registry
-from .validation import FLOATS, check_mlp_params, check_positions, check_same, check_tensor
+from .validation import check_mlp_params, check_positions, check_qkv
 from .geometry import BatchGeometry, as_geometry, check_rows, rows_of
 
 
@@ -42,17 +42,7 @@ def geometric_attention(q: Tensor, k: Tensor, v: Tensor, pos: Union[Tensor, Batc
     Returns:
         O shaped like ``q``. Memory: the compiled backends keep O(R·H) extra (the log-sum-exp), nothing N×N.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(name, t, (3, 4))
-    if q.dtype not in FLOATS:
-        raise TypeError(f"q must be a floating tensor, got {q.dtype}")
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v must have one shape, got q {tuple(q.shape)}, k {tuple(k.shape)}, "
-                         f"v {tuple(v.shape)}")
-    check_same("q", q, k=k, v=v)
-    if isinstance(pos, Tensor) and tuple(pos.shape) != tuple(q.shape[:-2]) + (3,):
-        raise ValueError(f"pos must have shape {tuple(q.shape[:-2]) + (3,)} to match q {tuple(q.shape)}, "
-                         f"got {tuple(pos.shape)}")
+    check_qkv(q, k, v, pos)
     geom = as_geometry(pos, mask, cu_seqlens, max_seqlen, validate)
     check_rows("q", q, geom, 2)
     check_positions(geom.positions, "q", q)

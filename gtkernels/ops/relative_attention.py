@@ -12,7 +12,7 @@ from .._backends import resolve_relative_backend
 from . import registry, validation
 from .geometry import BatchGeometry, as_geometry, check_rows, rows_of
 from .relation_code import CODE_DTYPE, GRAPH_CHANNELS, check_graph_code, decode_graph_relation, unpack_graph_code
-from .validation import FLOATS, check_positions, check_same, check_tensor
+from .validation import check_positions, check_qkv, check_same, check_tensor
 
 
 def relative_attention(q: Tensor, k: Tensor, v: Tensor, pos: Union[Tensor, BatchGeometry], graph_code: Tensor,
@@ -58,17 +58,7 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, pos: Union[Tensor, Batch
     Padding slots of q, k, v, pos and the codes of pairs with a padded atom may hold anything (NaN included for
     the floats): they change no real row's output and no gradient. Returns z shaped like ``q``, in q's dtype.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(name, t, (3, 4))
-    if q.dtype not in FLOATS:
-        raise TypeError(f"q must be a floating tensor, got {q.dtype}")
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v must have one shape, got q {tuple(q.shape)}, k {tuple(k.shape)}, "
-                         f"v {tuple(v.shape)}")
-    check_same("q", q, k=k, v=v)
-    if isinstance(pos, Tensor) and tuple(pos.shape) != tuple(q.shape[:-2]) + (3,):
-        raise ValueError(f"pos must have shape {tuple(q.shape[:-2]) + (3,)} to match q {tuple(q.shape)}, "
-                         f"got {tuple(pos.shape)}")
+    check_qkv(q, k, v, pos)
     geom = as_geometry(pos, mask, cu_seqlens, max_seqlen, validate=False)
     check_rows("q", q, geom, 2)
     check_positions(geom.positions, "q", q)

@@ -44,6 +44,22 @@ def check_same(ref_name: str, ref: Tensor, **others: Optional[Tensor]) -> None:
             raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}; use one dtype")
 
 
+def check_qkv(q: Tensor, k: Tensor, v: Tensor, pos) -> None:
+    """q, k, v: one floating shape ``[B, N, H, D]`` / ``[T, H, D]`` on one device and dtype; ``pos`` (a tensor;
+    a BatchGeometry is checked by its own layout) ``[B, N, 3]`` / ``[T, 3]`` to match."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, (3, 4))
+    if q.dtype not in FLOATS:
+        raise TypeError(f"q must be a floating tensor, got {q.dtype}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must have one shape, got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}")
+    check_same("q", q, k=k, v=v)
+    if isinstance(pos, Tensor) and tuple(pos.shape) != tuple(q.shape[:-2]) + (3,):
+        raise ValueError(f"pos must have shape {tuple(q.shape[:-2]) + (3,)} to match q {tuple(q.shape)}, "
+                         f"got {tuple(pos.shape)}")
+
+
 def check_positions(pos: Tensor, ref_name: str, ref: Tensor) -> None:
     """``pos`` is float32 or float64 (independently of the features: float64 keeps far fragments exact)."""
     if pos.dtype not in (torch.float32, torch.float64):
