@@ -111,20 +111,18 @@ inline void check_floating(const at::Tensor& t, const char* name, bool allow_hal
                                                   : " must be float32 or float64, got ", d);
 }
 
-// Checks the attention inputs' shapes, dtypes and devices, and max_atoms (not seg's values).
-inline void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                   const at::Tensor& pos, at::TensorList psi, const at::Tensor& seg,
-                                   const std::optional<at::Tensor>& valid, int64_t max_atoms,
-                                   bool allow_half = false) {
+// q, k, v [R, H, D] (one floating dtype, H, D >= 1) and pos [R, 3] float64, on q's device: the rows inputs of
+// both attention ops.
+inline void check_qkv_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& pos,
+                           bool allow_half) {
   check_floating(q, "q", allow_half);
   const at::Device dev = q.device();
   check_rows_tensor(q, "q", 3, dev);
   check_rows_tensor(k, "k", 3, dev);
   check_rows_tensor(v, "v", 3, dev);
   check_rows_tensor(pos, "pos", 2, dev);
-  const auto dtype = q.scalar_type();
-  check_dtype(k, "k", dtype);
-  check_dtype(v, "v", dtype);
+  check_dtype(k, "k", q.scalar_type());
+  check_dtype(v, "v", q.scalar_type());
   check_dtype(pos, "pos", at::kDouble);
   TORCH_CHECK(q.size(1) >= 1 && q.size(2) >= 1, "gtkernels: q must be [R, H, D] with H >= 1 and D >= 1, got ",
               q.sizes());
@@ -133,8 +131,16 @@ inline void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, con
               v.sizes());
   TORCH_CHECK(pos.size(0) == q.size(0) && pos.size(1) == 3, "gtkernels: pos must have shape [", q.size(0),
               ", 3], got ", pos.sizes());
-  check_mlp(psi, "psi", dtype, dev);
-  check_segments(seg, valid, q.size(0), dev);
+}
+
+// Checks the attention inputs' shapes, dtypes and devices, and max_atoms (not seg's values).
+inline void check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& pos, at::TensorList psi, const at::Tensor& seg,
+                                   const std::optional<at::Tensor>& valid, int64_t max_atoms,
+                                   bool allow_half = false) {
+  check_qkv_rows(q, k, v, pos, allow_half);
+  check_mlp(psi, "psi", q.scalar_type(), q.device());
+  check_segments(seg, valid, q.size(0), q.device());
   check_max_atoms(max_atoms);
 }
 
@@ -205,25 +211,11 @@ inline void check_relative_inputs(const at::Tensor& q, const at::Tensor& k, cons
                                   at::TensorList phi_v, const std::optional<at::Tensor>& v_rel, const at::Tensor& seg,
                                   const std::optional<at::Tensor>& valid, const std::optional<at::Tensor>& dummy,
                                   int64_t max_atoms) {
-  check_floating(q, "q");
+  check_qkv_rows(q, k, v, pos, false);
   const at::Device dev = q.device();
-  check_rows_tensor(q, "q", 3, dev);
-  check_rows_tensor(k, "k", 3, dev);
-  check_rows_tensor(v, "v", 3, dev);
-  check_rows_tensor(pos, "pos", 2, dev);
-  check_rows_tensor(code, "code", 1, dev);
   const auto dtype = q.scalar_type();
-  check_dtype(k, "k", dtype);
-  check_dtype(v, "v", dtype);
-  check_dtype(pos, "pos", at::kDouble);
+  check_rows_tensor(code, "code", 1, dev);
   TORCH_CHECK(code.scalar_type() == at::kShort, "gtkernels: code must be int16, got ", code.scalar_type());
-  TORCH_CHECK(q.size(1) >= 1 && q.size(2) >= 1, "gtkernels: q must be [R, H, D] with H >= 1 and D >= 1, got ",
-              q.sizes());
-  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
-              "gtkernels: q, k, v must have the same shape [R, H, D], got ", q.sizes(), ", ", k.sizes(), ", ",
-              v.sizes());
-  TORCH_CHECK(pos.size(0) == q.size(0) && pos.size(1) == 3, "gtkernels: pos must have shape [", q.size(0),
-              ", 3], got ", pos.sizes());
   const int64_t width = q.size(1) * q.size(2);
   const int64_t dh = check_relation_mlp(phi_k, "phi_k", width, dtype, dev);
   TORCH_CHECK(check_relation_mlp(phi_v, "phi_v", width, dtype, dev) == dh && phi_v[0].size(1) == phi_k[0].size(1),

@@ -146,8 +146,8 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, drop
     return _check_fused_limits("cpu", dropout_p, mlp_ok)
 
 
-#: Backends that run :func:`gtkernels.relative_attention` (R-MAT); its triton and cuda kernels are not built yet.
-RELATIVE_BACKENDS = ("reference", "cpu")
+#: Backends that run :func:`gtkernels.relative_attention` (R-MAT); its cuda kernels are not built yet.
+RELATIVE_BACKENDS = ("reference", "cpu", "triton")
 
 
 def resolve_relative_backend(backend: str, device: Optional[torch.device] = None,
@@ -155,30 +155,34 @@ def resolve_relative_backend(backend: str, device: Optional[torch.device] = None
                              phi_dropout_p: float = 0.0) -> str:
     """The backend of an R-MAT relative-attention request.
 
-    ``auto`` picks ``cpu`` for float32/float64 CPU tensors without dropout (the fused kernels implement none),
-    else ``reference``. A known backend without R-MAT kernels (triton, cuda) raises ``NotImplementedError``
-    naming the ones that run. With ``device`` None (a module's construction) only the name and, for ``cpu``, the
-    build are checked.
+    ``auto`` picks ``cpu`` for float32/float64 CPU tensors and ``triton`` for CUDA tensors, both without dropout
+    (the fused kernels implement none), else ``reference``. ``cuda``, which has no R-MAT kernels yet, raises
+    ``NotImplementedError`` naming the ones that run. With ``device`` None (a module's construction) only the name
+    and, for ``cpu``, the build are checked.
     """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend not in RELATIVE_BACKENDS + ("auto",):
         raise NotImplementedError(f"backend={backend!r}: the fused kernels of relative_attention (R-MAT) are not "
-                                  "built yet for it; use backend='cpu' (CPU tensors) or 'reference' (or 'auto', "
-                                  "which picks one)")
+                                  "built yet for it; use backend='cpu' (CPU tensors), 'triton' (CUDA tensors) or "
+                                  "'reference' (or 'auto', which picks one)")
     dropout = dropout_p != 0.0 or phi_dropout_p != 0.0
     if backend == "auto":
-        if (device is not None and device.type == "cpu" and extension_available() and dtype in CPU_DTYPES
-                and not dropout):
+        if device is None or dropout:
+            return "reference"
+        if device.type == "cpu" and extension_available() and dtype in CPU_DTYPES:
             return "cpu"
+        if device.type == "cuda" and dtype in TRITON_DTYPES and triton_available():
+            return "triton"
         return "reference"
-    if backend == "cpu":
-        if device is None:
+    if backend in ("cpu", "triton"):
+        if backend == "cpu" and device is None:
             device, dtype = torch.device("cpu"), torch.float32
-        resolve_backend("cpu", device, dtype)   # the build, the device and the dtype
+        if device is not None:
+            resolve_backend(backend, device, dtype)   # the build, the device and the dtype
         if dropout:
             raise NotImplementedError(
-                f"backend='cpu' does not implement dropout in relative_attention (dropout_p={dropout_p}, "
+                f"backend={backend!r} does not implement dropout in relative_attention (dropout_p={dropout_p}, "
                 f"phi_dropout_p={phi_dropout_p}); use backend='reference' (or 'auto', which picks it) to train "
                 "with dropout")
     return backend

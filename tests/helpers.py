@@ -336,7 +336,7 @@ class RelativeOp(Op):
     tensor_names = ("q", "k", "v", "pos")
     tensor_terms = ("q", "k", "v", "pos")
     param_name, param_term, out_term = "phi", "psi", "out"
-    backends = ("cpu",)
+    backends = ("cpu", "triton")
 
     @staticmethod
     def _params(heads, d, widths, dtype, seed, device=None):

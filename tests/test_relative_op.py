@@ -8,12 +8,21 @@ import torch
 
 import gtkernels
 import gtkernels_py
+from helpers import backend_skip_reason
 from gtkernels.ops.relation_code import (CODE_LIMIT, check_graph_code, decode_graph_relation, encode_graph_relation,
                                          pack_graph_code)
 from gtkernels_py import hop_counts, hop_one_hot, relation_features
 
 DT = torch.float64
 TIGHT = dict(rtol=1e-12, atol=1e-12)
+#: The fused backends of this op (triton: its interpreter here, TRITON_INTERPRET=1 from tests/conftest.py).
+FUSED = ["cpu", "triton"]
+
+
+def _skip_unless_runs(backend):
+    reason = backend_skip_reason(backend) if backend != "auto" else backend_skip_reason("cpu")
+    if reason is not None:
+        pytest.skip(reason)
 
 
 # ---------------------------------------------------------------- the graph code
@@ -174,10 +183,9 @@ def _fused_close(got: torch.Tensor, want: torch.Tensor) -> None:
     assert float((got - want).abs().max()) <= max(1e-10 * float(want.abs().max()), TIGHT["atol"])
 
 
-@pytest.mark.parametrize("backend", ["reference", "auto", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "auto", *FUSED])
 def test_padded_op_matches_spec_values_and_gradients(backend):
-    if backend != "reference" and not gtkernels.extension_available():
-        pytest.skip("gtkernels._C is not built")
+    _skip_unless_runs(backend)
     x = _batch()
     clean = dict(x, pos=x["pos"].nan_to_num(0.0), q=x["q"].nan_to_num(0.0), k=x["k"].nan_to_num(0.0),
                  v=x["v"].nan_to_num(0.0))
@@ -273,15 +281,16 @@ def test_compile_fullgraph():
     torch.testing.assert_close(compiled(*args), run(*args), **TIGHT)
 
 
-@pytest.mark.skipif(not gtkernels.extension_available(), reason="gtkernels._C is not built")
-def test_compile_fullgraph_cpu_backend_with_gradients():
-    """The cpu backend's custom ops under torch.compile (inductor, fullgraph): values and gradients as eager."""
+@pytest.mark.parametrize("backend", FUSED)
+def test_compile_fullgraph_fused_backend_with_gradients(backend):
+    """A fused backend's custom ops under torch.compile (inductor, fullgraph): values and gradients as eager."""
+    _skip_unless_runs(backend)
     x = _batch(seed=4)
 
     def run(q, k, v, pos, code, mask, dummy, w2k):
         phi_k = [x["phi_k"][0], x["phi_k"][1], w2k, x["phi_k"][3]]
         return gtkernels.relative_attention(q, k, v, pos, code, phi_k, x["phi_v"], mask, dummy=dummy,
-                                            u=x["u"], v_rel=x["v_rel"], backend="cpu", validate=False)
+                                            u=x["u"], v_rel=x["v_rel"], backend=backend, validate=False)
 
     torch._dynamo.reset()
     compiled = torch.compile(run, fullgraph=True)
@@ -300,10 +309,9 @@ def test_compile_fullgraph_cpu_backend_with_gradients():
 
 # ---------------------------------------------------------------- the module
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", *FUSED])
 def test_module_loads_spec_state_dict_and_matches(backend):
-    if backend == "cpu" and not gtkernels.extension_available():
-        pytest.skip("gtkernels._C is not built")
+    _skip_unless_runs(backend)
     x = _batch(seed=5)
     d_model, heads = 12, 3
     torch.manual_seed(0)
@@ -335,8 +343,8 @@ def test_module_errors():
         gtkernels.FusedRelativeAttention(30, 4)
     with pytest.raises(ValueError, match="backend must be one of"):
         gtkernels.FusedRelativeAttention(12, 3, backend="gpu")
-    with pytest.raises(NotImplementedError, match="backend='triton'.*not built yet.*'reference'"):
-        gtkernels.FusedRelativeAttention(12, 3, backend="triton")
+    with pytest.raises(NotImplementedError, match="backend='cuda'.*not built yet.*'reference'"):
+        gtkernels.FusedRelativeAttention(12, 3, backend="cuda")
     m = gtkernels.FusedRelativeAttention(12, 3)
     code = torch.zeros(2, 5, 5, dtype=torch.int16)
     with pytest.raises(ValueError, match="x must end with d_model = 12"):
@@ -400,8 +408,9 @@ def test_what_is_not_checked_is_not_read(inputs):
 
 
 @pytest.mark.parametrize("kw,error,match", [
-    (dict(backend="triton"), NotImplementedError, "backend='triton': the fused kernels of relative_attention"),
-    (dict(backend="cuda"), NotImplementedError, "not built yet for it; use backend='cpu'.* or 'reference'"),
+    (dict(backend="cuda"), NotImplementedError, "backend='cuda': the fused kernels of relative_attention"),
+    (dict(backend="cuda"), NotImplementedError, "not built yet for it; use backend='cpu'.* 'triton'.* or 'reference'"),
+    (dict(backend="triton", dropout_p=0.1), NotImplementedError, "backend='triton' does not implement dropout"),
     (dict(backend="cpu", dropout_p=0.1), NotImplementedError, "backend='cpu' does not implement dropout"),
     (dict(backend="cpu", phi_dropout_p=0.1), NotImplementedError, "backend='cpu' does not implement dropout"),
     (dict(backend="gpu"), ValueError, "backend must be one of"),

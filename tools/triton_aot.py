@@ -46,9 +46,12 @@ KERNELS = {
     "_attention_bwd_kernel": "gtkernels.triton.attention",
     "_encoding_fwd_kernel": "gtkernels.triton.encoding",
     "_encoding_bwd_kernel": "gtkernels.triton.encoding",
+    "_relative_fwd_kernel": "gtkernels.triton.relative_attention",
+    "_relative_bwd_kernel": "gtkernels.triton.relative_attention",
 }
 SHORT = {"_attention_fwd_kernel": "attn fwd", "_attention_bwd_kernel": "attn bwd", "_encoding_fwd_kernel": "enc fwd",
-         "_encoding_bwd_kernel": "enc bwd"}
+         "_encoding_bwd_kernel": "enc bwd",
+         "_relative_fwd_kernel": "rel fwd", "_relative_bwd_kernel": "rel bwd"}
 #: Shared memory one CTA may use (CUDA programming guide: 163 KB on 8.0, 227 KB on 9.0).
 SMEM_LIMIT = {80: 166_912, 90: 232_448}
 ARCH_NAME = {80: "sm_80 (A100)", 90: "sm_90 (H100/H200)"}
@@ -77,7 +80,18 @@ def configs():
     ]
     modes = [("float32", "ieee"), ("float32", "tf32"), ("float64", "ieee"), ("bfloat16", "ieee"),
              ("float16", "ieee")]
-    return [_config(f"{s}-{d}-{p}", dtype=d, precision=p, **kw) for s, kw in shapes for d, p in modes]
+    geometric = [_config(f"{s}-{d}-{p}", dtype=d, precision=p, **kw) for s, kw in shapes for d, p in modes]
+    # R-MAT relative attention (op "relative"): phi = [φ hidden width, distance-basis size]; float16/bfloat16
+    # inputs run the float32 kernels (the launcher converts), so float32 and float64 cover every specialisation
+    relative = [
+        ("rmat-drug-released", dict(batch="drug", heads=12, dk=64, phi=[64, 32])),   # the released layer, block 32
+        ("rmat-drug-packed", dict(batch="drug", layout="packed", heads=8, dk=32, phi=[32, 32])),   # no mask
+        ("rmat-small-h4d16", dict(batch="small", heads=4, dk=16, phi=[16, 8])),      # block 16, narrow φ
+        ("rmat-single256-h2d4", dict(batch="single256", heads=2, dk=4, phi=[128, 32])),   # key blocks, d_k 4
+    ]
+    relative = [_config(f"{s}-{d}", op="relative", dtype=d, precision="ieee", psi=[], **kw)
+                for s, kw in relative for d in ("float32", "float64")]
+    return geometric + relative
 
 
 def _sizes(batch, gen):
@@ -90,6 +104,12 @@ def _sizes(batch, gen):
         n = torch.randint(2, 17, (24,), generator=gen)
         n[0] = 16
         return n.tolist()
+    if batch == "drug":                # drug-like molecules with R-MAT's dummy node: 11 to 62 rows
+        n = torch.randint(11, 63, (16,), generator=gen)
+        n[0] = 62
+        return n.tolist()
+    if batch == "single256":
+        return [256]
     return [1000]
 
 
@@ -160,6 +180,8 @@ def _run_config(cfg):
 
     dt = getattr(torch, cfg["dtype"])
     sizes = _sizes(cfg["batch"], gen)
+    if cfg.get("op") == "relative":
+        return _run_relative(cfg, sizes, dt, gen)
     pos_list = [torch.rand(n, 3, generator=gen, dtype=torch.float64) * (1.5 * n) ** (1 / 3) * 2 for n in sizes]
     if cfg["layout"] == "packed":
         pos = torch.cat(pos_list)
@@ -183,6 +205,48 @@ def _run_config(cfg):
     phi = [p.detach().to(dt).requires_grad_() for p in mlp_params(cfg["phi"])]
     s = gtkernels.geometric_encoding(pos.clone().requires_grad_(), phi, **kw, **common)
     s.backward(torch.ones_like(s))
+
+
+def _run_relative(cfg, sizes, dt, gen):
+    """gtkernels.relative_attention forward and backward (backend="triton") on random molecules, atom 0 of each a
+    dummy node, random valid graph codes."""
+    import torch
+    import gtkernels
+    from gtkernels.contract import GRAPH_CHANNELS
+    from gtkernels.ops.relation_code import encode_graph_relation, pack_graph_code
+
+    batch, nmax = len(sizes), max(sizes)
+    mask = torch.arange(nmax)[None, :] < torch.tensor(sizes)[:, None]
+    pos = torch.rand(batch, nmax, 3, generator=gen, dtype=torch.float64) * 8.0
+    bond = torch.zeros(batch, nmax, nmax, 8)
+    bond[..., 1] = (torch.rand(batch, nmax, nmax, generator=gen) < 0.1).float()
+    hops = torch.randint(-1, 6, (batch, nmax, nmax), generator=gen)
+    code = encode_graph_relation(bond, hops)
+    dummy = (torch.arange(nmax)[None, :] == 0) & mask
+    heads, dk = cfg["heads"], cfg["dk"]
+    hidden, basis = cfg["phi"]
+    channels = GRAPH_CHANNELS + basis
+
+    def phi():
+        return [(torch.randn(hidden, channels, generator=gen) * channels ** -0.5).to(dt).requires_grad_(),
+                torch.zeros(hidden, dtype=dt, requires_grad=True),
+                (torch.randn(heads * dk, hidden, generator=gen) * hidden ** -0.5).to(dt).requires_grad_(),
+                torch.zeros(heads * dk, dtype=dt, requires_grad=True)]
+
+    q, k, v = (torch.randn(batch, nmax, heads, dk, generator=gen).to(dt) for _ in range(3))
+    kw = dict(mask=mask, dummy=dummy)
+    if cfg["layout"] == "packed":
+        cu = torch.zeros(batch + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(torch.tensor(sizes), 0)
+        code = pack_graph_code(code, cu)
+        q, k, v, pos, dummy = (t[mask] for t in (q, k, v, pos, dummy))
+        kw = dict(cu_seqlens=cu, max_seqlen=nmax, dummy=dummy)
+    elif batch == 1:
+        kw = dict(dummy=dummy)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    z = gtkernels.relative_attention(q, k, v, pos.requires_grad_(), code, phi(), phi(), backend="triton",
+                                     validate=False, **kw)
+    z.backward(torch.ones_like(z))
 
 
 def spec_key(rec):
@@ -321,8 +385,11 @@ def problems(res, cc):
 def _axes(rec):
     a = {x["name"]: x.get("v") for x in rec["args"]}
     dt = next(x["dtype"] for x in rec["args"] if x["t"] == "tensor" and x["name"] in ("Q", "DS", "S"))
-    return {"kernel": SHORT[rec["kernel"]], "dtype": dt, "prec": a.get("PREC"), "valid": a.get("HAS_VALID"),
-            "BM": a.get("BM"), "DP": a.get("DP", "-"), "HP": a.get("HP"), "NH": a.get("NH"), "CP": a.get("CP")}
+    orientation = {None: "", False: " (J queries)", True: " (J keys)"}[a.get("KEYS")]
+    return {"kernel": SHORT[rec["kernel"]] + orientation, "dtype": dt, "prec": a.get("PREC"),
+            "valid": a.get("HAS_VALID"),
+            "BM": a.get("BM"), "DP": a.get("DP", "-"), "HP": a.get("HP", a.get("HU")), "NH": a.get("NH", "-"),
+            "CP": a.get("CP", a.get("PG"))}
 
 
 def main():
@@ -469,6 +536,8 @@ def report(rows, info, host_errors, failures):
     lines = ["# Triton kernels compiled ahead of time", "", info, "",
              "Limits: shared memory per CTA " + ", ".join(f"{ARCH_NAME[c]} {SMEM_LIMIT[c]:,} B" for c in SMEM_LIMIT)
              + "; spills and local memory 0.", "",
+             "rel fwd / rel bwd (R-MAT relative attention): HP is φ's hidden width padded (HU), CP the pairs per "
+             "block of φ's first layer (PG).", "",
              "rung: the launch configuration of gtkernels.triton.launch.ladder that runs (0 the default; 1 unit blocks "
              "of 16; 2 the other warp count; 3 both), the first spill-free one, as chosen at a first launch on a GPU.",
              "",

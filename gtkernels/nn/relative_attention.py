@@ -55,8 +55,8 @@ class FusedRelativeAttention(gtkernels_py.MultiHeadRelativeAttention):
         num_heads: number of heads H (released: 12).
         d_edge: relation channels C = 14 graph + the distance-basis functions (released: 46).
         dropout: dropout on α and inside φ, in training (released: 0).
-        backend: ``"auto"``, ``"reference"`` or ``"cpu"`` (:func:`gtkernels.relative_attention`; the triton and
-            cuda kernels of this op are not built yet).
+        backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"`` (:func:`gtkernels.relative_attention`;
+            the cuda kernels of this op are not built yet).
         validate: check positions, cu_seqlens and graph codes on every call (a host sync).
 
     ``forward(x, pos, graph_code, mask=None, *, dummy=None, cu_seqlens=None, max_seqlen=None)``: ``x [B, N,

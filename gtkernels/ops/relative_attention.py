@@ -46,9 +46,11 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, pos: Union[Tensor, Batch
         dropout_p, phi_dropout_p: dropout on α and on φ's hidden layer (training; 0 in eval).
         max_seqlen: packed only: the largest molecule's atom count, known on the host; None reads it from
             cu_seqlens (a host sync).
-        backend: ``"auto"`` (``"cpu"`` for float32/float64 CPU tensors without dropout, else ``"reference"``),
-            ``"reference"`` or ``"cpu"`` (the fused C++ kernels: no dropout; distances in float64); the
-            ``"triton"`` and ``"cuda"`` kernels of this op are not built yet and raise ``NotImplementedError``.
+        backend: ``"auto"`` (without dropout ``"cpu"`` for float32/float64 CPU tensors and ``"triton"`` for CUDA
+            tensors, else ``"reference"``), ``"reference"``, ``"cpu"`` (the fused C++ kernels) or ``"triton"``
+            (the fused Triton kernels; CPU tensors under ``TRITON_INTERPRET=1``). The fused kernels implement no
+            dropout and compute distances and the basis in float64. The ``"cuda"`` kernels of this op are not
+            built yet and raise ``NotImplementedError``.
             The fused kernels give u and φ_K's output bias c2ᴷ a gradient of exactly 0 (their logit terms are
             constant along j, which the softmax cancels; the reference gives rounding noise).
         validate: the data-dependent checks (finite positions and atoms ≥ 1e-3 Å apart, dummy nodes exempt;
