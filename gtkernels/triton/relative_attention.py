@@ -288,6 +288,25 @@ def _pair_accumulate(DUS, pairs, h, wk, X, wv, Y, xo, xmask, HU: tl.constexpr, M
         tl.store(dk + HU, tl.load(dk + HU, mask=keep, other=0.0) + wv[:, :, None] * yv)
 
 
+@triton.jit
+def _pair_softmax_grad(QS, KS, DOS, VS, ro, co, rok, cok, allowed, A, WD, uo, qmask, LSE, DELTA, CC, mo, US, pairs,
+                       scale, D, DP: tl.constexpr, SMALL: tl.constexpr, HU: tl.constexpr, MB: tl.constexpr,
+                       CD: tl.constexpr, PREC: tl.constexpr):
+    """One head of the backward over the tile: p = exp(e − lse) and ds = p (dα − delta), with
+    e = scale QS·KS + a·uᴷ and dα = DOS·VS + w·uⱽ + c. The query side (a, w at A, WD + uo; lse, delta, c at
+    LSE, DELTA, CC + mo; mask qmask) is the tile's rows or its columns, as :func:`_pair_dot`'s x."""
+    lse = tl.load(LSE + mo, mask=qmask, other=0.0)
+    lse = tl.where(lse == float("-inf"), 0.0, lse)      # such rows have no allowed pair
+    delta = tl.load(DELTA + mo, mask=qmask, other=0.0)
+    c = tl.load(CC + mo, mask=qmask, other=0.0)
+    s = scores(QS, KS, ro, co, rok, cok, D, DP, SMALL, CD, CD, PREC) * scale
+    s += _pair_dot(A, uo, qmask, US, pairs, 0, HU, MB)
+    p = tl.where(allowed, tl.exp(s - lse), 0.0)
+    dalpha = scores(DOS, VS, ro, co, rok, cok, D, DP, SMALL, CD, CD, PREC)
+    dalpha += _pair_dot(WD, uo, qmask, US, pairs, HU, HU, MB) + c
+    return p, p * (dalpha - delta)
+
+
 # ------------------------------------------------------------------------------------------------------ kernels
 @triton.jit
 def _relative_fwd_kernel(Q, K, V, A, POS, CODE, CODEOFF, VALID, DUMMY, SEG, W1T, C1, SCR, M, LS, ZV, ZU, LSE, R, H,
@@ -384,16 +403,10 @@ def _relative_bwd_kernel(DO, Q, K, V, A, WD, CC, LSE, DELTA, POS, CODE, CODEOFF,
                         co = in_loop(j * HD + h * D)
                         uo = in_loop(i * (H * HU) + h * HU)
                         mo = in_loop(i * H + h)
-                        lse_j = tl.load(LSE + r0 * H + mo, mask=rok, other=0.0)
-                        lse_j = tl.where(lse_j == float("-inf"), 0.0, lse_j)
-                        delta_j = tl.load(DELTA + r0 * H + mo, mask=rok, other=0.0)
-                        c_j = tl.load(CC + r0 * H + mo, mask=rok, other=0.0)
-                        s = scores(Q + r0 * HD, K + c0 * HD, ro, co, rok, cok, D, DP, SMALL, CD, CD, PREC) * scale
-                        s += _pair_dot(A + r0 * (H * HU), uo, rok, US, pairs, 0, HU, MB)
-                        p = tl.where(allowed, tl.exp(s - lse_j), 0.0)
-                        dalpha = scores(DO + r0 * HD, V + c0 * HD, ro, co, rok, cok, D, DP, SMALL, CD, CD, PREC)
-                        dalpha += _pair_dot(WD + r0 * (H * HU), uo, rok, US, pairs, HU, HU, MB) + c_j
-                        ds = p * (dalpha - delta_j)
+                        p, ds = _pair_softmax_grad(Q + r0 * HD, K + c0 * HD, DO + r0 * HD, V + c0 * HD, ro, co, rok,
+                                                   cok, allowed, A + r0 * (H * HU), WD + r0 * (H * HU), uo, rok,
+                                                   LSE + r0 * H, DELTA + r0 * H, CC + r0 * H, mo, US, pairs, scale,
+                                                   D, DP, SMALL, HU, MB, CD, PREC)
                         accumulate(DQ + r0 * HD, DQ + r0 * HD, ro, rok, later, one, one, ds * scale, K + c0 * HD, co,
                                    cok, D, DP, SMALL, CD, CD, PREC)
                         _row_accumulate(DA + r0 * (H * HU), uo, rok, later, one, one, ds, US, pairs, 0, HU, MB)
@@ -411,16 +424,10 @@ def _relative_bwd_kernel(DO, Q, K, V, A, WD, CC, LSE, DELTA, POS, CODE, CODEOFF,
                         co = in_loop(j * HD + h * D)
                         uo = in_loop(j * (H * HU) + h * HU)
                         mo = in_loop(j * H + h)
-                        lse_i = tl.load(LSE + c0 * H + mo, mask=cok, other=0.0)
-                        lse_i = tl.where(lse_i == float("-inf"), 0.0, lse_i)
-                        delta_i = tl.load(DELTA + c0 * H + mo, mask=cok, other=0.0)
-                        c_i = tl.load(CC + c0 * H + mo, mask=cok, other=0.0)
-                        s = scores(K + r0 * HD, Q + c0 * HD, ro, co, rok, cok, D, DP, SMALL, CD, CD, PREC) * scale
-                        s += _pair_dot(A + c0 * (H * HU), uo, cok, US, pairs, 0, HU, MB)
-                        p = tl.where(allowed, tl.exp(s - lse_i), 0.0)
-                        dalpha = scores(V + r0 * HD, DO + c0 * HD, ro, co, rok, cok, D, DP, SMALL, CD, CD, PREC)
-                        dalpha += _pair_dot(WD + c0 * (H * HU), uo, cok, US, pairs, HU, HU, MB) + c_i
-                        ds = p * (dalpha - delta_i)
+                        p, ds = _pair_softmax_grad(K + r0 * HD, Q + c0 * HD, V + r0 * HD, DO + c0 * HD, ro, co, rok,
+                                                   cok, allowed, A + c0 * (H * HU), WD + c0 * (H * HU), uo, cok,
+                                                   LSE + c0 * H, DELTA + c0 * H, CC + c0 * H, mo, US, pairs, scale,
+                                                   D, DP, SMALL, HU, MB, CD, PREC)
                         accumulate(DK + r0 * HD, DK + r0 * HD, ro, rok, later, one, one, ds * scale, Q + c0 * HD, co,
                                    cok, D, DP, SMALL, CD, CD, PREC)
                         accumulate(DV + r0 * HD, DV + r0 * HD, ro, rok, later, one, one, p, DO + c0 * HD, co, cok, D,
