@@ -1,10 +1,12 @@
-"""R-MAT relative attention op: the fused ``cpu`` backend vs the eager ``reference`` vs torch.compile of it.
+"""R-MAT relative attention op: the fused backend (``cpu``; ``triton`` on a GPU) vs the eager ``reference`` vs
+torch.compile of it.
 
 ``pytest benchmarks/test_relative_attention.py`` measures; ``-k smoke --benchmark-disable`` only checks that each
 label runs. Released width: d_model 768 = 12 heads × d_k 64, C = 46 relation channels (14 graph + 32 distance
 basis), φ_K and φ_V hidden width d_k (docs/semantics.md §6). Labels: ``reference`` (the op's eager reference:
 b_ij decoded and the basis computed in eager PyTorch, then gtkernels_py's spec, which materialises rᴷ, rⱽ
-``[B, N, N, 768]``), ``cpu`` (the fused C++ kernels, nothing N×N×d) and ``compile`` (torch.compile of the op's
+``[B, N, N, 768]``), ``cpu`` (the fused C++ kernels, nothing N×N×d; ``triton``, the fused Triton kernels, where
+DEVICE is a GPU) and ``compile`` (torch.compile of the op's
 reference, fullgraph, one fresh compilation per shape; its compilation is the first call, recorded as
 first_call_s and not timed). "fwd" runs without autograd; "fwd+bwd" takes gradients of q, k, v, the positions,
 every φ weight and u, v_rel.
@@ -39,8 +41,9 @@ import torch
 
 import gtkernels
 from benchmarks import baselines
-from benchmarks.common import (DEVICE, GIB, MODES, Batch, assert_close, first_call, get_batch, is_smoke, measure,
-                               skip_if_too_big)
+from benchmarks.common import (DEVICE, GIB, MODES, Batch, assert_close, backend_labels, first_call, get_batch,
+                               is_smoke, measure, skip_if_too_big)
+from gtkernels._backends import RELATIVE_BACKENDS
 from gtkernels.contract import BOND_TYPE_SHIFT, BOND_TYPES, FLAG_BITS, HOP_SHIFT, NO_PATH
 from gtkernels.ops.relation_code import CODE_DTYPE
 from gtkernels_py.relative_attention import RelationMLP
@@ -48,7 +51,9 @@ from gtkernels_py.relative_attention import RelationMLP
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "tests", "data", "drug_sample.npz")
 D_MODEL, HEADS, D_K, CHANNELS = 768, 12, 64, 46
-LABELS = ("reference", "cpu", "compile")
+#: The reference, the fused backend of DEVICE (cpu, or triton on a GPU) and torch.compile of the reference.
+FUSED = tuple(b for b in backend_labels() if b in RELATIVE_BACKENDS and b != "reference")
+LABELS = ("reference", *FUSED, "compile")
 SHAPES = (["smoke-drug-4-padded", "smoke-drug-4-packed"]
           + [f"drug-{b}-{layout}" for b in (16, 64, 256) for layout in ("padded", "packed")] + ["n256", "n1024"])
 CASES = [(s, m, label) for s in SHAPES for m in MODES for label in LABELS]
@@ -159,7 +164,7 @@ def test_relative_attention(benchmark, shape, mode, label):
         pytest.skip("smoke: compile is exercised by tests/test_relative_op.py (a cold compilation takes ~0.5 min)")
     case = get_case(shape)
     batch = case.batch
-    if batch.layout == "packed" and label != "cpu":
+    if batch.layout == "packed" and label not in FUSED:
         pytest.skip(f"{label}: the reference pads a packed batch (the same work as padded); measured on padded")
     est_bytes, est_s = estimate(label, batch, mode)
     skip_if_too_big(f"{label} {shape} {mode}", est_bytes, est_s)

@@ -403,3 +403,21 @@ def test_float64_positions_keep_far_fragments_exact(backend):
     pos = pos64.clone().to(device).requires_grad_()
     attend(pos).sum().backward()
     assert pos.grad.dtype == torch.float64 and torch.isfinite(pos.grad).all()
+
+
+@pytest.mark.parametrize("case", [pytest.param(R([20, 3, 1], 2, 4, [4], mols_seed=3), id="relative_20-3-1_h2_d4")])
+def test_triton_gpu_launch_geometry(case, monkeypatch):
+    """Under the interpreter the launchers take whole tiles (fewer, larger numpy ops), so the block loops of the
+    GPU geometry (pair, unit, channel and product blocks; the position-gradient row groups; the forward's 32-row
+    tile with 16-row backward tiles) would run once each. This case takes the GPU's geometry, so they iterate:
+    float32 under the 2× rule."""
+    backend = use_backend("triton", monkeypatch)
+    from gtkernels.triton import launch
+    monkeypatch.setattr(launch, "INTERPRETER_GEOMETRY", False)
+    problem64 = case.problem()
+    problem32 = problem64.cast(torch.float32)
+    exact, exact_g = run(case.op, problem64, "reference")
+    ref32, ref32_g = run(case.op, problem32, "reference")
+    out32, out32_g = run(case.op, problem32, backend)
+    assert_within_2x(f"{case.id} triton (GPU geometry) f32", [out32, *out32_g], [ref32, *ref32_g],
+                     [exact, *exact_g], problem32.terms(case.op))

@@ -47,7 +47,7 @@ def test_every_axis_value_is_compiled(captured):
     and the padding mask, for each of the four kernels: the values the launchers can choose."""
     from gtkernels.triton import launch
     rec = captured["records"]
-    for kernel in _load_tool().KERNELS:
+    for kernel in (k for k in _load_tool().KERNELS if not k.startswith("_relative")):
         assert _values(rec, kernel, "BM") == set(launch.WARPS), kernel                       # 16 and 32
         assert _values(rec, kernel, "HAS_VALID") == {True, False}, kernel
         assert _values(rec, kernel, "HP") >= {16, 64, MAX_MLP_WIDTH}, kernel
@@ -58,6 +58,16 @@ def test_every_axis_value_is_compiled(captured):
         if kernel.startswith("_attention"):
             assert _values(rec, kernel, "SMALL") == {True, False}, kernel
             assert _values(rec, kernel, "DP") >= {1, 2, 4, 16, 64, launch.MAX_HEAD_DIM}, kernel
+    # R-MAT: its forward takes both blocks, its backward 16 and two orientations; with and without a mask and dummy
+    # nodes, both head-dim paths, φ hidden widths from 16 to the widest
+    for kernel in ("_relative_fwd_kernel", "_relative_bwd_kernel"):
+        assert _values(rec, kernel, "BM") == ({16} if "bwd" in kernel else set(launch.WARPS)), kernel
+        assert _values(rec, kernel, "HAS_VALID") == {True, False}, kernel
+        assert _values(rec, kernel, "HAS_DUMMY") == {True, False}, kernel
+        assert _values(rec, kernel, "SMALL") == {True, False}, kernel
+        assert _values(rec, kernel, "HU") >= {16, 64, MAX_MLP_WIDTH}, kernel
+        assert _values(rec, kernel, "CD") == {"fp32", "fp64"}, kernel
+    assert _values(rec, "_relative_bwd_kernel", "KEYS") == {False, True}
     # float32 runs both precisions (the only dtype where they differ)
     f32 = {a["v"] for r in rec for a in r["args"] if a["name"] == "PREC"
            and any(b["name"] == "DD" and b["v"] == "fp32" for b in r["args"])}
@@ -86,3 +96,4 @@ def test_ladder_starts_with_the_default_and_changes_no_scratch():
     assert all(set(r) <= {"UB", "num_warps", "RG"} for r in rungs)          # CP (the scratch size) never changes
     assert all(r["RG"] == r["num_warps"] * 32 // const["BN"] for r in rungs if "num_warps" in r)   # a pair per thread
     assert launch.ladder({"BM": 16, "BN": 16, "UB": 16, "num_warps": 4}) == [{}, {"num_warps": 8, "RG": 16}]
+

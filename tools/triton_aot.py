@@ -209,7 +209,7 @@ def _run_config(cfg):
 
 def _run_relative(cfg, sizes, dt, gen):
     """gtkernels.relative_attention forward and backward (backend="triton") on random molecules, atom 0 of each a
-    dummy node, random valid graph codes."""
+    dummy node (not in a single system), random valid graph codes."""
     import torch
     import gtkernels
     from gtkernels.contract import GRAPH_CHANNELS
@@ -241,8 +241,8 @@ def _run_relative(cfg, sizes, dt, gen):
         code = pack_graph_code(code, cu)
         q, k, v, pos, dummy = (t[mask] for t in (q, k, v, pos, dummy))
         kw = dict(cu_seqlens=cu, max_seqlen=nmax, dummy=dummy)
-    elif batch == 1:
-        kw = dict(dummy=dummy)
+    elif batch == 1:                   # one system without a mask or a dummy node
+        kw = {}
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     z = gtkernels.relative_attention(q, k, v, pos.requires_grad_(), code, phi(), phi(), backend="triton",
                                      validate=False, **kw)

@@ -446,7 +446,7 @@ def _relative_bwd_kernel(DO, Q, K, V, A, WD, CC, LSE, DELTA, POS, CODE, CODEOFF,
 #: Values per thread of one [BM, BN, MB] product block (float32, float64), and pairs per thread of a block of φ's
 #: first layer: register budgets the AOT gate (tools/triton_aot.py) holds to zero spills.
 PRODUCT_VALUES = {torch.float32: 16, torch.float64: 4}
-PAIRS_PER_THREAD = {torch.float32: 0.5, torch.float64: 0.125}
+PAIRS_PER_THREAD = {torch.float32: 0.25, torch.float64: 0.125}
 #: Pairs per block of the W1 gradient (the K of its dot).
 WEIGHT_PAIRS = 16
 
