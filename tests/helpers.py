@@ -79,18 +79,20 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ------------------------------------------------------------------------------------------ the low-precision rule
-def summation_terms(mols: Sequence[Molecule], heads: int = 1, d: int = 1) -> dict:
+def summation_terms(mols: Sequence[Molecule], heads: int = 1, d: int = 1, mlp_fan_in: int = 0) -> dict:
     """How many products enter one element of each result, the summation length of the error bound below.
 
-    Attention: ``out``, ``dq``, ``dk``, ``dv`` sum over the keys of a row and the head dimension (n·d);
-    ``dpos`` over the partners and every head (n·H·d); the ψω parameter gradients over every pair of the batch
-    and every head (Σn²·H·d). The encoding: ``s`` and ``dpos`` over the partners (n), φ's gradients over every
-    pair (Σn²).
+    Attention: ``out``, ``dq``, ``dk``, ``dv`` sum over the keys of a row and the head dimension (n·d), plus the
+    sums inside the MLP whose output weights every pair (ψω's gate, R-MAT's φ: ``mlp_fan_in``, the fan-ins of
+    its layers), whose rounding enters every term; ``dpos`` over the partners and every head (n·H·d, plus the
+    same); the MLP's parameter gradients over every pair of the batch and every head (Σn²·H·d). The encoding:
+    ``s`` and ``dpos`` over the partners (n), φ's gradients over every pair (Σn²).
     """
     n = max((len(m.z) for m in mols), default=1)
     pairs = sum(len(m.z) ** 2 for m in mols)
-    return {"out": n * d, "q": n * d, "k": n * d, "v": n * d, "pos": n * heads * d, "psi": pairs * heads * d,
-            "s": n, "enc_pos": n, "phi": pairs}
+    f = mlp_fan_in
+    return {"out": n * d + f, "q": n * d + f, "k": n * d + f, "v": n * d + f, "pos": n * heads * d + f,
+            "psi": pairs * heads * d, "s": n, "enc_pos": n, "phi": pairs}
 
 
 def two_x_bound(ref: torch.Tensor, exact: torch.Tensor, n_terms: int, dtype=torch.float32) -> float:
@@ -205,7 +207,8 @@ class Problem:
 
     def terms(self, op: "Op") -> List[int]:
         """The summation length (:func:`summation_terms`) of ``op``'s output and of each gradient."""
-        terms = summation_terms(self.mols, self.heads, self.d)
+        fan_in = sum(p.shape[1] for p in self.params if p.dim() == 2) if op.param_term == "psi" else 0
+        terms = summation_terms(self.mols, self.heads, self.d, fan_in)
         return [terms[n] for n in (op.out_term, *op.tensor_terms, *[op.param_term] * len(self.params))]
 
 
