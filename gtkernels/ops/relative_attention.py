@@ -167,24 +167,34 @@ def _check_values(geom: BatchGeometry, graph_code: Tensor, dummy: Optional[Tenso
     check_graph_code("graph_code", graph_code)
 
 
-def _reference(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, graph_code: Tensor, phi_k_params, phi_v_params,
-               mask: Optional[Tensor], dummy: Optional[Tensor], num_radial: int, u, v_rel, dropout_p: float,
-               phi_dropout_p: float) -> Tensor:
-    """The spec on a padded batch: b_ij = [decoded code | distance basis of pos] (b = 0 on padded pairs)."""
-    batch, n = q.shape[:2]
-    real = torch.ones(batch, n, dtype=torch.bool, device=q.device) if mask is None else mask
+def relation_tensor(pos: Tensor, graph_code: Tensor, mask: Optional[Tensor], dummy: Optional[Tensor],
+                    channels: int, dtype: torch.dtype) -> Tensor:
+    """b ``[B, N, N, channels]`` in ``dtype``, materialised: [decoded ``graph_code [B, N, N]`` | distance basis of
+    ``pos [B, N, 3]``] (docs/semantics.md §6.2, §6.4); b = 0 on pairs with a padded atom (``mask [B, N]``), basis
+    0 on every pair with a dummy node (``dummy [B, N]``). What the fused kernels never write; the reference's
+    and the eager model's input."""
+    batch, n = pos.shape[:2]
+    real = torch.ones(batch, n, dtype=torch.bool, device=pos.device) if mask is None else mask
     located = real if dummy is None else real & ~dummy                # atoms with a position
     pos = pos.masked_fill(~located[..., None], 0.0)
     diff = pos[:, :, None, :] - pos[:, None, :, :]
     squared = (diff * diff).sum(-1)
-    eye = torch.eye(n, dtype=torch.bool, device=q.device)
+    eye = torch.eye(n, dtype=torch.bool, device=pos.device)
     measured = located[:, :, None] & located[:, None, :] & ~eye
     # sqrt only where measured (elsewhere of 1), so its gradient stays finite on diagonals and dummy pairs.
     dist = torch.where(measured, torch.where(measured, squared, 1.0).sqrt(),
                        torch.where(eye & located[:, :, None], 0.0, DUMMY_DISTANCE))
-    basis = distance_basis(dist, num_radial).to(q.dtype)
-    relation = torch.cat([decode_graph_relation(graph_code, q.dtype, validate=False), basis], dim=-1)
+    basis = distance_basis(dist, channels - GRAPH_CHANNELS).to(dtype)
+    relation = torch.cat([decode_graph_relation(graph_code, dtype, validate=False), basis], dim=-1)
     if mask is not None:
         relation = relation.masked_fill(~(mask[:, :, None] & mask[:, None, :])[..., None], 0.0)
+    return relation
+
+
+def _reference(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, graph_code: Tensor, phi_k_params, phi_v_params,
+               mask: Optional[Tensor], dummy: Optional[Tensor], num_radial: int, u, v_rel, dropout_p: float,
+               phi_dropout_p: float) -> Tensor:
+    """The spec on a padded batch: b_ij = [decoded code | distance basis of pos] (b = 0 on padded pairs)."""
+    relation = relation_tensor(pos, graph_code, mask, dummy, GRAPH_CHANNELS + num_radial, q.dtype)
     return gtkernels_py.relative_attention(q, k, v, relation, phi_k_params, phi_v_params, mask, u=u, v_rel=v_rel,
                                            dropout_p=dropout_p, phi_dropout_p=phi_dropout_p)
