@@ -24,14 +24,15 @@ def _device(name: str) -> torch.device:
 def evaluate(run_dir: str, which: str = "best", cache: Optional[str] = None, device: str = "auto",
              backend: Optional[str] = None, batch_size: int = 512, plots: bool = True,
              split_name: str = "test", progress: bool = False, verbose: bool = False) -> Dict[str, float]:
-    """MAE of a run on its ``split_name`` split (``test`` or ``val``), in the target's standard unit.
+    """MAE of a run on its ``split_name`` split (``test`` or ``val``), in the target's standard unit (an R-MAT
+    run: RMSE and MAE, ``rmse`` being its metric).
 
     Writes ``{split}_metrics.json`` and, with ``plots``, ``{split}_parity.png`` and ``learning_curve.png`` into
     the run folder. ``backend``: None = the run's own. ``progress``: a progress bar on long work; ``verbose``:
     the device, backend, dtype and threads on stderr at the start. Raises
     :class:`gtkernels.train.RunError` (a ValueError) for a missing or damaged run folder, device or backend.
     """
-    from .train import Batcher, check_backend, load_run, predict_indices, runtime_summary
+    from .train import Batcher, check_backend, is_rmat, load_run, predict_indices, runtime_summary
     if split_name not in ("test", "val"):
         raise ValueError(f"split_name must be 'test' or 'val', got {split_name!r}")
     dev = _device(device)
@@ -39,15 +40,20 @@ def evaluate(run_dir: str, which: str = "best", cache: Optional[str] = None, dev
     check_backend(backend or config.get("backend", "auto"), dev)
     model.to(dev)
     if verbose:
-        print(runtime_summary(dev, backend or config.get("backend", "auto"), model.embedding.weight.dtype),
+        print(runtime_summary(dev, backend or config.get("backend", "auto"), next(model.parameters()).dtype),
               file=sys.stderr, flush=True)
     split_path = os.path.join(run_dir, "split.json")
     if not os.path.exists(split_path):
         from .train import RunError
         raise RunError(f"{run_dir} has a checkpoint but no split.json, so its {split_name} set is unknown")
-    ds = QM9(cache=cache, limit=config.get("limit"), progress=progress)
     idx = load_split(split_path)[split_name]
-    batcher = Batcher(ds, config["target"])
+    if is_rmat(config):
+        from .data.rmat_data import RMATDataset
+        from .rmat_task import RMATBatcher
+        batcher = RMATBatcher(RMATDataset(config["dataset"], cache=cache, progress=progress),
+                              **config["normalisation"])
+    else:
+        batcher = Batcher(QM9(cache=cache, limit=config.get("limit"), progress=progress), config["target"])
     pred_res = predict_indices(model, batcher, idx, dev, batch_size, config.get("layout", "packed"),
                                progress=progress, desc=f"{split_name} set")
     pred = pred_res + batcher.ref_sum[idx]
@@ -55,11 +61,14 @@ def evaluate(run_dir: str, which: str = "best", cache: Optional[str] = None, dev
     mae = float(np.abs(pred - true).mean())
     result = {"target": config["target"], "unit": config["unit"], "split": split_name, "n": int(len(idx)),
               "mae": mae, "checkpoint": which}
+    if config.get("metric", "mae") == "rmse":
+        result["rmse"] = float(np.sqrt(np.mean((pred - true) ** 2)))
     if plots:
         has_ref = bool(np.any(batcher.ref_sum[idx] != 0))
         # energies: plot target − Σ atomref (atomisation-like values); the raw totals are dominated by the offset
         shown = (batcher.res[idx], pred_res) if has_ref else (true, pred)
-        result.update(_plots(run_dir, config, *shown, mae, " − Σ atomref" if has_ref else "", split_name))
+        result.update(_plots(run_dir, config, *shown, result.get("rmse", mae), " − Σ atomref" if has_ref else "",
+                             split_name))
     with open(os.path.join(run_dir, f"{split_name}_metrics.json"), "w") as fh:
         json.dump(result, fh, indent=1)
     return result
@@ -69,7 +78,10 @@ SPLIT_NAMES = {"test": "test", "val": "validation"}
 
 
 def _plots(run_dir, config, true, pred, mae, suffix: str = "", split_name: str = "test") -> Dict[str, str]:
-    """``{split}_parity.png`` (true vs predicted on that split) and ``learning_curve.png`` (from metrics.csv)."""
+    """``{split}_parity.png`` (true vs predicted on that split) and ``learning_curve.png`` (from metrics.csv);
+    ``mae`` is the value of the run's metric (MAE, or RMSE for an R-MAT run)."""
+    metric = config.get("metric", "mae")
+    label = metric.upper()
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -79,7 +91,7 @@ def _plots(run_dir, config, true, pred, mae, suffix: str = "", split_name: str =
     lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
     ax.set_xlabel(f"true {name}{suffix} ({unit})"), ax.set_ylabel(f"predicted {name}{suffix} ({unit})")
-    ax.set_title(f"{name}: {SPLIT_NAMES[split_name]} MAE {mae:.4g} {unit} (n={len(true)})")
+    ax.set_title(f"{name}: {SPLIT_NAMES[split_name]} {label} {mae:.4g} {unit} (n={len(true)})")
     fig.tight_layout()
     parity = os.path.join(run_dir, f"{split_name}_parity.png")
     fig.savefig(parity, dpi=120)
@@ -93,10 +105,11 @@ def _plots(run_dir, config, true, pred, mae, suffix: str = "", split_name: str =
     fig, ax = plt.subplots(figsize=(6, 4))
     if rows:
         x = [float(r["epoch"]) for r in rows]
-        ax.plot(x, [float(r["train_mae"]) for r in rows], "o-", label="train MAE (augmented batches)")
-        ax.plot(x, [float(r["val_mae"]) for r in rows], "o-", label="validation MAE")
+        augmented = " (augmented batches)" if config.get("augment", "all") != "none" else ""
+        ax.plot(x, [float(r[f"train_{metric}"]) for r in rows], "o-", label=f"train {label}{augmented}")
+        ax.plot(x, [float(r[f"val_{metric}"]) for r in rows], "o-", label=f"validation {label}")
         ax.set_yscale("log")
-    ax.set_xlabel("epoch"), ax.set_ylabel(f"MAE ({unit})"), ax.legend() if rows else None
+    ax.set_xlabel("epoch"), ax.set_ylabel(f"{label} ({unit})"), ax.legend() if rows else None
     ax.set_title(f"{name} learning curve (training and validation sets)")
     fig.tight_layout()
     fig.savefig(curve, dpi=120)
@@ -119,14 +132,16 @@ def predict(run_dir: str, path: str, which: str = "best", device: str = "auto",
     from tqdm import tqdm
     from .data.batching import pack
     from .data.molecules import check_domain
-    from .train import load_run
+    from .train import is_rmat, load_run
     from ._backends import resolve_backend
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-    mols = read_xyz(path)
     model, config = load_run(run_dir, which, backend)
+    if is_rmat(config):
+        return _predict_rmat(model, config, path, device, progress, log, chunk)
+    mols = read_xyz(path)
     dev = _device(device)
     model.to(dev)
     dtype = model.embedding.weight.dtype
@@ -155,6 +170,24 @@ def predict(run_dir: str, path: str, which: str = "best", device: str = "auto",
     return out
 
 
+def _predict_rmat(model, config, path, device, progress, log, chunk) -> List[float]:
+    """``predict`` of an R-MAT run: SMILES (a file, or one SMILES) or SDF, featurised as in training."""
+    from .rmat_task import MoleculeSet, RMATBatcher, read_molecules
+    from .train import predict_indices
+    names, mols = read_molecules(path)
+    dev = _device(device)
+    model.to(dev)
+    if log is not None:
+        log(f"predict: {len(mols)} molecule(s) from {path}; R-MAT {config['model']['preset']}, backend "
+            f"{model.backend}, device {dev}, {torch.get_num_threads()} thread(s)")
+    batcher = RMATBatcher(MoleculeSet(mols), **config["normalisation"])
+    show = (len(mols) > chunk) if progress is None else progress
+    values = predict_indices(model, batcher, np.arange(len(mols)), dev, chunk, config.get("layout", "packed"),
+                             progress=show, desc="predict")
+    predict.names = names
+    return values.tolist()
+
+
 def main_evaluate(argv=None) -> Dict[str, float]:
     """``gtkernels evaluate RUN_DIR [--split test|val] ...``: prints the MAE; returns :func:`evaluate`'s dict."""
     from .train import Parser, add_runtime_arguments
@@ -177,8 +210,12 @@ def main_evaluate(argv=None) -> Dict[str, float]:
         check_backend(a.backend, dev)
     r = evaluate(a.run_dir, a.checkpoint, a.cache, a.device, a.backend, split_name=a.split,
                  progress=not a.no_progress, verbose=True)
-    print(f"{r['split']} MAE {r['target']}: {r['mae']:.5g} {r['unit']}  "
-          f"({r['n']} molecules, {a.checkpoint} checkpoint)")
+    if "rmse" in r:
+        print(f"{r['split']} RMSE {r['target']}: {r['rmse']:.5g} {r['unit']}  (MAE {r['mae']:.5g})  "
+              f"({r['n']} molecules, {a.checkpoint} checkpoint)")
+    else:
+        print(f"{r['split']} MAE {r['target']}: {r['mae']:.5g} {r['unit']}  "
+              f"({r['n']} molecules, {a.checkpoint} checkpoint)")
     print(f"parity plot: {r['parity_plot']}\nlearning curve: {r['learning_curve']}")
     return r
 
@@ -189,7 +226,9 @@ def main_predict(argv=None) -> List[float]:
     from .data.molecules import OutOfDomainWarning
     p = argparse.ArgumentParser(prog="gtkernels predict", description="predict the run's property for molecules")
     p.add_argument("run_dir")
-    p.add_argument("xyz", help="(extended) XYZ file, one or more molecules")
+    p.add_argument("xyz", metavar="FILE",
+                   help="the molecules: an (extended) XYZ file for a Geometric Transformer run; for an R-MAT run a "
+                        "SMILES file (.smi, one per line), a CSV with a smiles column, an SDF, or one SMILES")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--backend", default=None, choices=BACKENDS, help="kernels to run (default: the run's)")
@@ -209,8 +248,10 @@ def main_predict(argv=None) -> List[float]:
     _print_warnings(caught, OutOfDomainWarning)
     with open(os.path.join(a.run_dir, "config.json")) as fh:
         config = json.load(fh)
+    names = getattr(predict, "names", None) if config.get("model", {}).get("name") == "rmat" else None
     for k, v in enumerate(values):   # molecules counted from 1, as in the error messages; 10 significant digits
-        print(f"{a.xyz}, molecule {k + 1}\t{config['target']} = {v:.10g} {config['unit']}")
+        where = names[k] if names else f"{a.xyz}, molecule {k + 1}"
+        print(f"{where}\t{config['target']} = {v:.10g} {config['unit']}")
     return values
 
 

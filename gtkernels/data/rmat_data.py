@@ -114,16 +114,18 @@ def _init_worker() -> None:
 
 def featurise_all(items: Sequence[Tuple[object, str]], seed: int = 0, workers: int = 1, progress: bool = True,
                   desc: str = "featurising"):
-    """Featurise ``items`` (``(SMILES or RDKit molecule, label)``) with ``workers`` processes (spawned; RDKit
-    molecules are pickled to them): ``(molecules, reasons, smiles)``, lists in input order, ``None`` / a reason
-    where a molecule failed."""
+    """Featurise ``items`` (``(SMILES or RDKit molecule, label)``) with ``workers`` processes: ``(molecules,
+    reasons, smiles)``, lists in input order, ``None`` / a reason where a molecule failed.
+
+    The workers are forked where the platform can (so a user's script needs no ``if __name__ == "__main__"``
+    guard) and run torch on one thread (no OpenMP region in a forked child); elsewhere they are spawned."""
     from tqdm import tqdm
     jobs = [(k, item, label, seed) for k, (item, label) in enumerate(items)]
     results = [None] * len(jobs)
     bar = tqdm(total=len(jobs), desc=desc, unit="mol", disable=not progress, mininterval=0.5, dynamic_ncols=True)
     if workers > 1 and len(jobs) > 1:
         import multiprocessing
-        ctx = multiprocessing.get_context("spawn")   # no fork of a process that may hold OpenMP / torch threads
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         with ctx.Pool(workers, initializer=_init_worker) as pool:
             for res in pool.imap_unordered(_featurise_one, jobs, chunksize=8):
                 results[res[0]] = res
