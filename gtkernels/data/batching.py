@@ -89,13 +89,17 @@ def padding_overhead(sizes: np.ndarray, batches) -> dict:
 
 
 def packed_to_padded(z: Tensor, pos: Tensor, cu_seqlens: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """Packed ``(z [T], pos [T, 3], cu_seqlens)`` → padded ``(z [B, N], pos [B, N, 3], mask [B, N])``."""
+    """Packed ``(z [T], pos [T, 3], cu_seqlens)`` → padded ``(z [B, N], pos [B, N, 3], mask [B, N])``.
+
+    ``z`` may carry trailing dimensions (R-MAT's node features ``[T, 37]`` → ``[B, N, 37]``); ``mask`` marks the
+    rows that hold an atom."""
     counts = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     b, n = counts.numel(), int(counts.max()) if counts.numel() else 0
     mol = torch.repeat_interleave(torch.arange(b, device=z.device), counts, output_size=z.shape[0])
     slot = torch.arange(z.shape[0], device=z.device) - cu_seqlens[:-1].long()[mol]
-    zp = z.new_zeros(b, n)
+    zp = z.new_zeros((b, n) + tuple(z.shape[1:]))
     pp = pos.new_zeros(b, n, 3)
     zp[mol, slot] = z
     pp[mol, slot] = pos
-    return zp, pp, zp > 0
+    mask = torch.arange(n, device=z.device)[None, :] < counts[:, None]
+    return zp, pp, mask
