@@ -50,8 +50,10 @@ def evaluate(run_dir: str, which: str = "best", cache: Optional[str] = None, dev
     if is_rmat(config):
         from .data.rmat_data import RMATDataset
         from .rmat_task import RMATBatcher
-        batcher = RMATBatcher(RMATDataset(config["dataset"], cache=cache, progress=progress),
-                              **config["normalisation"])
+        qm9 = config["dataset"] == "qm9"
+        ds = RMATDataset(config["dataset"], cache=cache, progress=progress, target=config["target"] if qm9 else None,
+                         limit=config.get("limit") if qm9 else None)
+        batcher = RMATBatcher(ds, **config["normalisation"])
     else:
         batcher = Batcher(QM9(cache=cache, limit=config.get("limit"), progress=progress), config["target"])
     pred_res = predict_indices(model, batcher, idx, dev, batch_size, config.get("layout", "packed"),
@@ -174,16 +176,21 @@ def _predict_rmat(model, config, path, device, progress, log, chunk) -> List[flo
     """``predict`` of an R-MAT run: SMILES (a file, or one SMILES) or SDF, featurised as in training."""
     from .rmat_task import MoleculeSet, RMATBatcher, read_molecules
     from .train import predict_indices
-    names, mols = read_molecules(path)
+    names, mols, elements = read_molecules(path)
+    ref_sum = None
+    if config.get("dataset") == "qm9":   # QM9 energies are trained less Σ atomref (hydrogens included)
+        from .data.units import atomref
+        ref = atomref(config["target"])
+        ref_sum = np.array([ref[e[e < len(ref)]].sum() for e in elements])
     dev = _device(device)
     model.to(dev)
     if log is not None:
         log(f"predict: {len(mols)} molecule(s) from {path}; R-MAT {config['model']['preset']}, backend "
             f"{model.backend}, device {dev}, {torch.get_num_threads()} thread(s)")
-    batcher = RMATBatcher(MoleculeSet(mols), **config["normalisation"])
+    batcher = RMATBatcher(MoleculeSet(mols, ref_sum), **config["normalisation"])
     show = (len(mols) > chunk) if progress is None else progress
     values = predict_indices(model, batcher, np.arange(len(mols)), dev, chunk, config.get("layout", "packed"),
-                             progress=show, desc="predict")
+                             progress=show, desc="predict") + batcher.ref_sum
     predict.names = names
     return values.tolist()
 

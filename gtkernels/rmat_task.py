@@ -41,24 +41,26 @@ class RMATBatcher:
     :func:`~gtkernels.data.rmat_data.molecules_arrays`) for :class:`gtkernels.models.RMAT`.
 
     Same interface as :class:`gtkernels.train.Batcher`: ``y`` (targets, float64), ``res`` (what the model is
-    trained on: here the targets themselves), ``ref_sum`` (0), ``ds.n_atoms``, :meth:`batch` and
-    :meth:`forward`. ``mean`` and ``std`` standardise the model's output: value = out · std + mean.
+    trained on: the targets less ``ref_sum``, the data set's Σ atomref, 0 but for QM9 energies), ``ds.n_atoms``,
+    :meth:`batch` and :meth:`forward`. ``mean`` and ``std`` standardise the model's output: value = out · std
+    + mean.
     """
 
     def __init__(self, ds, mean: float = 0.0, std: float = 1.0):
         self.ds = ds
         self.y = np.asarray(ds.y, dtype=np.float64)
-        self.res = self.y
-        self.ref_sum = np.zeros(len(self.y))
+        self.ref_sum = np.asarray(getattr(ds, "ref_sum", np.zeros(len(self.y))), dtype=np.float64)
+        self.res = self.y - self.ref_sum
         self.mean, self.std = float(mean), float(std)
 
     def gather(self, idx: np.ndarray):
         return self.ds.gather(idx)
 
     def batch(self, idx: np.ndarray, device, layout: str = "packed", augment: bool = False):
-        """``(model inputs, targets float64 [B])`` of molecules ``idx`` on ``device`` (no augmentation)."""
-        features, pos, code, cu, y = self.gather(idx)
-        return self.to_tensors(features, pos, code, cu, y, device, layout)
+        """``(model inputs, targets less Σ atomref, float64 [B])`` of molecules ``idx`` on ``device`` (no
+        augmentation)."""
+        features, pos, code, cu, _ = self.gather(idx)
+        return self.to_tensors(features, pos, code, cu, self.res[np.asarray(idx)], device, layout)
 
     @staticmethod
     def to_tensors(features, pos, code, cu, y, device, layout: str = "packed"):
@@ -81,15 +83,16 @@ class RMATBatcher:
 
 
 def norm_stats(batcher: RMATBatcher, train_idx: np.ndarray) -> Tuple[float, float]:
-    """Mean and std of the training targets (per molecule: R-MAT's properties are intensive)."""
-    y = batcher.y[train_idx]
+    """Mean and std of the training targets less Σ atomref (per molecule, as R-MAT's pooled read-out)."""
+    y = batcher.res[train_idx]
     return float(y.mean()), float(max(y.std(), 1e-6))
 
 
 def read_molecules(path: str, seed: int = 0):
     """Featurised molecules of a SMILES file (one per line: the SMILES, optionally a name after white space;
     ``#`` comments), a CSV with a ``smiles`` column, or an SDF (3D coordinates used as they are); also a single
-    SMILES given in place of a file. Returns ``(names, molecules)``; a molecule that cannot be featurised raises
+    SMILES given in place of a file. Returns ``(names, molecules, elements)``, ``elements`` the atomic numbers of
+    every atom, hydrogens included (for QM9 energies' Σ atomref); a molecule that cannot be featurised raises
     ``ValueError`` naming the file and line / record."""
     from .data.rmat_features import FeaturisationError, _chem, featurise_record, featurise_smiles
     items: List[Tuple[object, str]] = []
@@ -118,26 +121,30 @@ def read_molecules(path: str, seed: int = 0):
                     items.append((text.split()[0], f"{path} line {k + 1}"))
     if not items:
         raise ValueError(f"{path} holds no molecules")
-    out, names = [], []
+    Chem, _ = _chem()
+    out, names, elements = [], [], []
     for item, label in items:
         try:
             mol = (featurise_smiles(item, seed, name=label) if isinstance(item, str)
                    else featurise_record(item, seed, name=label))
         except FeaturisationError as exc:
             raise ValueError(str(exc)) from None
+        rd = Chem.AddHs(Chem.MolFromSmiles(item) if isinstance(item, str) else item)
         out.append(mol)
         names.append(label)
-    return names, out
+        elements.append(np.array([a.GetAtomicNum() for a in rd.GetAtoms()], dtype=np.int64))
+    return names, out, elements
 
 
 class MoleculeSet:
     """Featurised molecules (``read_molecules``) with the dataset interface :class:`RMATBatcher` reads."""
 
-    def __init__(self, mols: Sequence):
+    def __init__(self, mols: Sequence, ref_sum: Optional[np.ndarray] = None):
         a = molecules_arrays(mols)
         self._a = a
         self.n_atoms = np.diff(a["offsets"])
         self.y = np.zeros(len(mols))
+        self.ref_sum = np.zeros(len(mols)) if ref_sum is None else np.asarray(ref_sum, dtype=np.float64)
 
     def __len__(self) -> int:
         return len(self.y)

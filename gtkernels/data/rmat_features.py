@@ -197,6 +197,24 @@ def featurise_smiles(smiles: str, seed: int = 0, name: Optional[str] = None) -> 
     return featurise_mol(mol, embedded, label)
 
 
+def mol_from_xyz(z: Sequence[int], pos: np.ndarray, name: str = "molecule"):
+    """RDKit molecule of atoms ``z [n]`` at ``pos [n, 3]`` Å (hydrogens included), its bonds and bond orders
+    perceived from the geometry (``rdDetermineBonds.DetermineBonds``, neutral molecule); the heavy atoms keep
+    their given coordinates. :class:`FeaturisationError` naming it when RDKit cannot assign the bonds."""
+    Chem, _ = _chem()
+    from rdkit.Chem import rdDetermineBonds
+    from .elements import symbol
+    lines = [f"{symbol(int(a))} {x:.10f} {y:.10f} {w:.10f}" for a, (x, y, w) in zip(z, np.asarray(pos, float))]
+    mol = Chem.MolFromXYZBlock(f"{len(lines)}\n{name}\n" + "\n".join(lines) + "\n")
+    if mol is None:
+        raise FeaturisationError(f"{name}: RDKit could not read its atoms")
+    try:
+        rdDetermineBonds.DetermineBonds(mol, charge=0)
+    except (ValueError, RuntimeError) as exc:
+        raise FeaturisationError(f"{name}: RDKit could not assign bonds to its geometry ({exc})") from None
+    return Chem.RemoveAllHs(mol)   # every H (RemoveHs keeps some, e.g. on charged atoms); H counts stay on atoms
+
+
 def featurise_record(mol, seed: int = 0, name: str = "molecule", use_coordinates: bool = True) -> RMATMolecule:
     """:class:`RMATMolecule` of an RDKit molecule from a file (SDF record): its own coordinates when it has a
     3D conformer and ``use_coordinates``, else a conformer made as for a SMILES."""
