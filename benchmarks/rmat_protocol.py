@@ -60,6 +60,32 @@ def one_run(args, lr: float, seed: int) -> dict:
             "n_test": test["n"], "train_wall_s": wall, "run_dir": os.path.relpath(run_dir, ROOT)}
 
 
+def plot(args, runs, best_summary, lr) -> None:
+    """``OUT.png``: validation RMSE against epochs for every seed at the chosen lr, and the test RMSE
+    (mean ± std over the seeds) beside the published anchors."""
+    import csv
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in runs:
+        with open(os.path.join(ROOT, r["run_dir"], "metrics.csv"), newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        left.plot([float(x["epoch"]) for x in rows], [float(x["val_rmse"]) for x in rows], lw=1,
+                  label=f"split seed {r['seed']}")
+    left.set_yscale("log"), left.set_xlabel("epoch"), left.set_ylabel("validation RMSE (kcal/mol)")
+    left.set_title(f"R-MAT {args.preset} on {args.dataset}, lr {lr:g}, from scratch"), left.legend(fontsize=7)
+    names = [f"R-MAT {args.preset}\n(ours, no pretraining)"] + [n.replace(" (", "\n(") for n, _ in ANCHORS]
+    means = [best_summary["test_rmse"][0]] + [float(v.split(" ± ")[0]) for _, v in ANCHORS]
+    stds = [best_summary["test_rmse"][1]] + [float(v.split(" ± ")[1]) if "±" in v else 0.0 for _, v in ANCHORS]
+    right.bar(range(len(names)), means, yerr=stds, capsize=4, color=["C3"] + ["C0"] * len(ANCHORS))
+    right.set_xticks(range(len(names)), names, fontsize=7, rotation=15), right.set_ylabel("test RMSE (kcal/mol)")
+    right.set_title(f"{args.dataset} test RMSE, mean ± std over {len(runs)} splits")
+    fig.tight_layout()
+    fig.savefig(args.out + ".png", dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="freesolv")
@@ -113,8 +139,10 @@ def main(argv=None) -> int:
               f"| R-MAT {args.preset}, gtkernels, **no pretraining** | {summary[best]['test_rmse'][0]:.3f} ± "
               f"{summary[best]['test_rmse'][1]:.3f} |"]
     lines += [f"| {name} (huggingmolecules README) | {value} |" for name, value in ANCHORS]
+    lines += ["", f"![validation RMSE per epoch and test RMSE against the anchors]({os.path.basename(args.out)}.png)"]
     with open(args.out + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
+    plot(args, by_lr[best], summary[best], best)
     print("\n".join(lines))
     return 0
 

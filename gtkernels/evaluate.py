@@ -121,7 +121,8 @@ def _plots(run_dir, config, true, pred, mae, suffix: str = "", split_name: str =
 
 def predict(run_dir: str, path: str, which: str = "best", device: str = "auto",
             backend: Optional[str] = None, threads: Optional[int] = None, progress: Optional[bool] = None,
-            log: Optional[Callable[[str], None]] = None, chunk: int = 256) -> List[float]:
+            log: Optional[Callable[[str], None]] = None, chunk: int = 256, names: Optional[List[str]] = None
+            ) -> List[float]:
     """Predicted property (standard unit, float64) of every molecule of the (extended) XYZ file ``path``.
 
     The network runs in the weights' dtype and the read-out (Σ per-atom values, Σ atomref) in float64.
@@ -130,6 +131,11 @@ def predict(run_dir: str, path: str, which: str = "best", device: str = "auto",
     file and value errors (:class:`MoleculeFileError`, ``ValueError``) name the file and the molecule (from 1).
     ``threads`` sets ``torch.set_num_threads``; ``progress`` shows a bar (None: when there is more than one
     chunk and stderr is a terminal); ``log`` receives one line naming backend, device, dtype and threads.
+    ``names``: a list that receives each molecule's label (file and molecule number, or line / record).
+
+    An R-MAT run (``--model rmat``) reads SMILES instead: a ``.smi`` file (one per line, a name may follow),
+    a CSV with a ``smiles`` column, an SDF (its 3D coordinates used as they are), or one SMILES in place of
+    ``path``; each molecule is featurised as in training (``gtkernels.rmat_task.read_molecules``).
     """
     from tqdm import tqdm
     from .data.batching import pack
@@ -142,7 +148,7 @@ def predict(run_dir: str, path: str, which: str = "best", device: str = "auto",
         torch.set_num_threads(threads)
     model, config = load_run(run_dir, which, backend)
     if is_rmat(config):
-        return _predict_rmat(model, config, path, device, progress, log, chunk)
+        return _predict_rmat(model, config, path, device, progress, log, chunk, names)
     mols = read_xyz(path)
     dev = _device(device)
     model.to(dev)
@@ -169,14 +175,18 @@ def predict(run_dir: str, path: str, which: str = "best", device: str = "auto",
                 raise ValueError(f"{path}, molecules {i + 1}..{i + len(part)}: {exc}") from exc
             out += res.double().cpu().tolist()
             bar.update(len(part))
+    if names is not None:
+        names[:] = [f"{path}, molecule {k + 1}" for k in range(len(out))]
     return out
 
 
-def _predict_rmat(model, config, path, device, progress, log, chunk) -> List[float]:
+def _predict_rmat(model, config, path, device, progress, log, chunk, names) -> List[float]:
     """``predict`` of an R-MAT run: SMILES (a file, or one SMILES) or SDF, featurised as in training."""
     from .rmat_task import MoleculeSet, RMATBatcher, read_molecules
     from .train import predict_indices
-    names, mols, elements = read_molecules(path)
+    labels, mols, elements = read_molecules(path)
+    if names is not None:
+        names[:] = labels
     ref_sum = None
     if config.get("dataset") == "qm9":   # QM9 energies are trained less Σ atomref (hydrogens included)
         from .data.units import atomref
@@ -191,7 +201,6 @@ def _predict_rmat(model, config, path, device, progress, log, chunk) -> List[flo
     show = (len(mols) > chunk) if progress is None else progress
     values = predict_indices(model, batcher, np.arange(len(mols)), dev, chunk, config.get("layout", "packed"),
                              progress=show, desc="predict") + batcher.ref_sum
-    predict.names = names
     return values.tolist()
 
 
@@ -245,7 +254,8 @@ def main_predict(argv=None) -> List[float]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", OutOfDomainWarning)
         try:
-            values = predict(a.run_dir, a.xyz, a.checkpoint, a.device, a.backend, threads=a.threads,
+            names: List[str] = []
+            values = predict(a.run_dir, a.xyz, a.checkpoint, a.device, a.backend, threads=a.threads, names=names,
                              progress=False if a.no_progress else None,
                              log=lambda line: print(line, file=sys.stderr))
         except (MoleculeFileError, ValueError, FileNotFoundError) as exc:
@@ -255,9 +265,7 @@ def main_predict(argv=None) -> List[float]:
     _print_warnings(caught, OutOfDomainWarning)
     with open(os.path.join(a.run_dir, "config.json")) as fh:
         config = json.load(fh)
-    names = getattr(predict, "names", None) if config.get("model", {}).get("name") == "rmat" else None
-    for k, v in enumerate(values):   # molecules counted from 1, as in the error messages; 10 significant digits
-        where = names[k] if names else f"{a.xyz}, molecule {k + 1}"
+    for where, v in zip(names, values):   # molecules counted from 1, as in the errors; 10 significant digits
         print(f"{where}\t{config['target']} = {v:.10g} {config['unit']}")
     return values
 
