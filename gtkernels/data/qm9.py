@@ -112,7 +112,7 @@ def build_cache(path: str, limit: Optional[int] = None, progress: bool = True) -
     the cache is shared data. A damaged file already at ``path`` is replaced, with a warning on the
     ``gtkernels.data.qm9`` logger saying what was wrong with it.
     """
-    h5py = _h5py()
+    _h5py()   # before the long conversion: say now when h5py is missing
     if os.path.exists(path):
         why = _damage(path)
         if why is not None:
@@ -121,17 +121,27 @@ def build_cache(path: str, limit: Optional[int] = None, progress: bool = True) -
             log.warning("QM9 cache %s does not hold the requested molecules; rebuilding it", path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     z, pos, offsets, index, targets = _read_csv(limit, progress)
+    write_cache(path, {"z": z, "pos": pos, "offsets": offsets, "index": index, "targets": targets},
+                {"target_names": json.dumps(list(TARGET_NAMES)), "version": CACHE_VERSION,
+                 "n_molecules": len(index), "n_atoms": len(z)})
+
+
+def write_cache(path: str, arrays: Dict[str, np.ndarray], attrs: dict) -> None:
+    """An HDF5 cache at ``path``, atomically: the ``arrays`` (datasets, in order) and ``attrs``, then the
+    BLAKE2 ``checksum`` of the arrays and ``complete`` = True last, into a temporary file in the same folder that
+    is renamed over ``path`` (a crash leaves no half-written cache). Permissions of any new file (0666 less the
+    umask), not mkstemp's private 0600: a cache is shared data."""
+    h5py = _h5py()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=os.path.dirname(path) or ".")
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
-            for name, arr in (("z", z), ("pos", pos), ("offsets", offsets), ("index", index), ("targets", targets)):
+            for name, arr in arrays.items():
                 f.create_dataset(name, data=arr)
-            f.attrs["target_names"] = json.dumps(list(TARGET_NAMES))
-            f.attrs["version"] = CACHE_VERSION
-            f.attrs["n_molecules"] = len(index)
-            f.attrs["n_atoms"] = len(z)
-            f.attrs["checksum"] = _checksum([z, pos, offsets, index, targets])
+            for key, value in attrs.items():
+                f.attrs[key] = value
+            f.attrs["checksum"] = _checksum(list(arrays.values()))
             f.attrs["complete"] = True
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)

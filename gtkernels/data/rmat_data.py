@@ -25,13 +25,12 @@ import importlib.util
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .qm9 import _checksum, _h5py, _umask, cache_dir
+from .qm9 import _checksum, _h5py, cache_dir, write_cache
 
 CACHE_VERSION = 1
 #: skipped molecules logged one by one; the others are counted (all are listed in the cache)
@@ -174,7 +173,7 @@ def build_cache(name: str, path: str, seed: int = 0, workers: Optional[int] = No
     ``workers``: processes (default: the CPUs, at most 8). Molecules that fail are logged on the
     ``gtkernels.data.rmat_data`` logger with their reason and listed in the file's ``skipped`` attribute.
     """
-    h5py = _h5py()
+    _h5py()   # before the long conversion: say now when h5py is missing
     records = read_records(name, limit, cache)
     workers = workers or min(8, os.cpu_count() or 1)
     mols, reasons, smiles = featurise_all([(item, label) for item, _, label in records], seed, workers, progress,
@@ -196,26 +195,9 @@ def build_cache(name: str, path: str, seed: int = 0, workers: Optional[int] = No
                  two_d)
     arrays = _pack([mols[k] for k in keep], np.array([records[k][1] for k in keep], dtype=np.float64),
                    np.array(keep, dtype=np.int64))
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".h5.tmp", dir=os.path.dirname(path) or ".")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key in _ARRAYS:
-                f.create_dataset(key, data=arrays[key])
-            f.attrs["smiles"] = json.dumps([smiles[k] for k in keep])
-            f.attrs["skipped"] = json.dumps(skipped)
-            f.attrs["name"] = name
-            f.attrs["version"] = CACHE_VERSION
-            f.attrs["seed"] = seed
-            f.attrs["checksum"] = _checksum([arrays[key] for key in _ARRAYS])
-            f.attrs["complete"] = True
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_cache(path, {key: arrays[key] for key in _ARRAYS},
+                {"smiles": json.dumps([smiles[k] for k in keep]), "skipped": json.dumps(skipped), "name": name,
+                 "version": CACHE_VERSION, "seed": seed})
 
 
 def _pack(mols, y: np.ndarray, record: np.ndarray) -> Dict[str, np.ndarray]:
