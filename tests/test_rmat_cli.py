@@ -58,6 +58,14 @@ def test_train_evaluate_predict_round_trip(tmp_path, cache, capsys):
     assert f"{smi} line 2\tfreesolv = " in out and "kcal/mol" in out
     one = cli.run(["predict", run, "CCO"])
     assert one == pytest.approx(values[:1], rel=1e-6)
+    # an SDF record with 3D coordinates is used as it is: the same conformer as the SMILES' gives the same value
+    from rdkit import Chem
+    from gtkernels.data.rmat_features import conformer
+    mol, _ = conformer(Chem.MolFromSmiles("CCO"))
+    sdf = tmp_path / "mols.sdf"
+    with Chem.SDWriter(str(sdf)) as writer:
+        writer.write(mol)
+    assert cli.run(["predict", run, str(sdf)]) == pytest.approx(values[:1], rel=1e-5)
     bad = tmp_path / "bad.smi"
     bad.write_text("CCO\nC1CC\n")
     with pytest.raises(SystemExit) as exc:
