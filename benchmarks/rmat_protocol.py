@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from benchmarks.common import cpu_model
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: huggingmolecules' README, FreeSolv test RMSE (all pretrained but chemprop)
 ANCHORS = [("MAT 200k (pretrained)", "0.913 ± 0.196"), ("MAT 20M (pretrained)", "0.854 ± 0.197"),
@@ -88,6 +90,7 @@ def plot(args, runs, best_summary, lr) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--replot", action="store_true", help="only redraw OUT.png from OUT.json")
     p.add_argument("--dataset", default="freesolv")
     p.add_argument("--preset", default="small")
     p.add_argument("--epochs", type=int, default=100)
@@ -98,6 +101,11 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default=os.path.join(ROOT, "build", "rmat-protocol"))
     p.add_argument("--out", required=True, help="path prefix of the .json / .md results")
     args = p.parse_args(argv)
+    if args.replot:
+        saved = json.load(open(args.out + ".json"))
+        lr = saved["chosen_lr"]
+        plot(args, [r for r in saved["runs"] if r["lr"] == lr], saved["summary"][f"{lr:g}"], lr)
+        return 0
     load_before = os.getloadavg()
     t0 = time.time()
     jobs = [(lr, seed) for lr in args.lrs for seed in args.seeds]
@@ -112,7 +120,7 @@ def main(argv=None) -> int:
     import gtkernels
     result = {
         "command": "python -m benchmarks.rmat_protocol " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+        "date": datetime.date.today().isoformat(), "machine": cpu_model(),
         "cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg(),
         "versions": {"gtkernels": gtkernels.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},

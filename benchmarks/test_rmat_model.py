@@ -1,5 +1,8 @@
 """One training step of the whole R-MAT model (forward, MSE loss, backward, Adam step): fused vs eager.
 
+The optimiser is the trainer's (``gtkernels.train.make_optimizer``: Adam, fused where torch has it), the same for
+both labels.
+
 ``pytest benchmarks/test_rmat_model.py`` measures; ``-k smoke --benchmark-disable`` only checks that each label
 runs. ``gtkernels.models.RMAT(preset)`` with the fused op of DEVICE (label ``cpu``, or ``triton`` on a GPU)
 against ``reference``, the eager released model's maths on the same weights (:meth:`RMAT.reference_forward`: b_ij
@@ -23,6 +26,7 @@ import pytest
 import torch
 
 from benchmarks.common import DEVICE, assert_close, backend_labels, is_smoke, measure
+from gtkernels.train import make_optimizer
 
 FUSED = next((b for b in backend_labels() if b in ("cpu", "triton")), None)
 LABELS = (FUSED or "cpu", "reference")
@@ -69,7 +73,7 @@ def test_rmat_train_step(benchmark, shape, preset, label):
     packed, padded, y, idx, ds = get_batch(shape)
     torch.manual_seed(0)
     model = RMAT(preset, backend=FUSED, validate=False).to(DEVICE).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    opt = make_optimizer(model, 1e-5)   # the trainer's Adam (fused where torch has it), for both labels
 
     def forward():
         if label != "reference":

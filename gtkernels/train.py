@@ -611,6 +611,17 @@ def _setup_distributed(device: torch.device):
     return dist.get_rank(), world
 
 
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam, as the papers; its fused implementation (one kernel over all parameters instead of ~10 small ops
+    per parameter tensor: at R-MAT's released width on 2 CPU cores it took 20 % of a step) where this torch has
+    one for the parameters' device and dtype (the same maths, rounded the same up to a few ulp)."""
+    params = list(model.parameters())
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
 def _lr_now(opt) -> float:
     return float(opt.param_groups[0]["lr"])
 
@@ -798,7 +809,7 @@ def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, mode
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.Adam(model.parameters(), lr=config["lr"])
+    opt = make_optimizer(model, config["lr"])
     noam = config.get("schedule", "plateau") == "noam"
     if noam:   # R-MAT's NoamLRScheduler, stepped after every optimiser step
         from .rmat_task import lr_lambda
