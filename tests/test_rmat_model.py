@@ -105,7 +105,7 @@ def _random_state(model, seed=1):
     return sd
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("backend", ["cpu", "triton", "reference"])   # triton: the interpreter on CPU
 def test_fused_and_spec_models_match_released_transcription(backend):
     """One state dict into the released transcription, the eager spec and the fused model: float64 agreement."""
     features, pos, code, mask = _batch()
