@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from benchmarks.common import cpu_model
+from gtkernels.rmat_task import SPLIT_SEEDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: huggingmolecules' README, FreeSolv test RMSE (all pretrained but chemprop)
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="small")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-2, 5e-3, 1e-3])
-    p.add_argument("--seeds", type=int, nargs="+", default=[1234, 100, 44, 13, 7407, 5357])
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SPLIT_SEEDS))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--parallel", type=int, default=2, help="runs at once")
     p.add_argument("--runs", default=os.path.join(ROOT, "build", "rmat-protocol"))

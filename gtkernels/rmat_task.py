@@ -32,10 +32,6 @@ def noam_factor(step: int, total_steps: int, warmup_factor: float = NOAM_WARMUP_
     return 100.0 * model_size ** -0.5 * min(s ** -0.5, s * (1e-6 + warmup) ** -1.5)
 
 
-def rmse(pred: np.ndarray, true: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((pred - true) ** 2))) if len(true) else float("nan")
-
-
 class RMATBatcher:
     """Packed batches of a featurised set (:class:`~gtkernels.data.rmat_data.RMATDataset` or
     :func:`~gtkernels.data.rmat_data.molecules_arrays`) for :class:`gtkernels.models.RMAT`.
@@ -152,13 +148,6 @@ class MoleculeSet:
     def gather(self, idx):
         a = self._a
         return gather(a["features"], a["pos"], a["graph_code"], a["offsets"], a["code_offsets"], idx, self.y)
-
-
-def check_schedule(epochs: Optional[int], schedule: str) -> None:
-    from .train import RunError
-    if schedule == "noam" and epochs is None:
-        raise RunError("--schedule noam spreads its warm-up over the whole run (warmup_factor x total steps): give "
-                       "--epochs N (a --time-budget alone leaves the total unknown), or --schedule plateau")
 
 
 def total_steps(n_train: int, per_process: int, world: int, epochs: int) -> int:
