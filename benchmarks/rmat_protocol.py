@@ -26,12 +26,15 @@ import time
 import numpy as np
 
 from benchmarks.common import cpu_model
+from gtkernels.data.rmat_data import DATASETS
 from gtkernels.rmat_task import SPLIT_SEEDS
 
+RMAT_UNITS = {name: ds.unit for name, ds in DATASETS.items()}
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-#: huggingmolecules' README, FreeSolv test RMSE (all pretrained but chemprop)
-ANCHORS = [("MAT 200k (pretrained)", "0.913 ± 0.196"), ("MAT 20M (pretrained)", "0.854 ± 0.197"),
-           ("GROVER base (pretrained)", "0.917"), ("chemprop D-MPNN", "1.061 ± 0.168")]
+#: huggingmolecules' README, test RMSE (all pretrained but chemprop), per data set (none for the others)
+ANCHORS = {"freesolv": [("MAT 200k (pretrained)", "0.913 ± 0.196"), ("MAT 20M (pretrained)", "0.854 ± 0.197"),
+           ("GROVER base (pretrained)", "0.917"), ("chemprop D-MPNN", "1.061 ± 0.168")]}
 
 
 def one_run(args, lr: float, seed: int) -> dict:
@@ -76,13 +79,15 @@ def plot(args, runs, best_summary, lr) -> None:
             rows = list(csv.DictReader(fh))
         left.plot([float(x["epoch"]) for x in rows], [float(x["val_rmse"]) for x in rows], lw=1,
                   label=f"split seed {r['seed']}")
-    left.set_yscale("log"), left.set_xlabel("epoch"), left.set_ylabel("validation RMSE (kcal/mol)")
+    left.set_yscale("log"), left.set_xlabel("epoch"), left.set_ylabel(f"validation RMSE ({RMAT_UNITS[args.dataset]})")
     left.set_title(f"R-MAT {args.preset} on {args.dataset}, lr {lr:g}, from scratch"), left.legend(fontsize=7)
-    names = [f"R-MAT {args.preset}\n(ours, no pretraining)"] + [n.replace(" (", "\n(") for n, _ in ANCHORS]
-    means = [best_summary["test_rmse"][0]] + [float(v.split(" ± ")[0]) for _, v in ANCHORS]
-    stds = [best_summary["test_rmse"][1]] + [float(v.split(" ± ")[1]) if "±" in v else 0.0 for _, v in ANCHORS]
-    right.bar(range(len(names)), means, yerr=stds, capsize=4, color=["C3"] + ["C0"] * len(ANCHORS))
-    right.set_xticks(range(len(names)), names, fontsize=7, rotation=15), right.set_ylabel("test RMSE (kcal/mol)")
+    anchors = ANCHORS.get(args.dataset, [])
+    names = [f"R-MAT {args.preset}\n(ours, no pretraining)"] + [n.replace(" (", "\n(") for n, _ in anchors]
+    means = [best_summary["test_rmse"][0]] + [float(v.split(" ± ")[0]) for _, v in anchors]
+    stds = [best_summary["test_rmse"][1]] + [float(v.split(" ± ")[1]) if "±" in v else 0.0 for _, v in anchors]
+    right.bar(range(len(names)), means, yerr=stds, capsize=4, color=["C3"] + ["C0"] * len(anchors))
+    unit = RMAT_UNITS[args.dataset]
+    right.set_xticks(range(len(names)), names, fontsize=7, rotation=15), right.set_ylabel(f"test RMSE ({unit})")
     right.set_title(f"{args.dataset} test RMSE, mean ± std over {len(runs)} splits")
     fig.tight_layout()
     fig.savefig(args.out + ".png", dpi=110)
@@ -144,10 +149,12 @@ def main(argv=None) -> int:
         lines.append(f"| {lr:g}{' (chosen)' if lr == best else ''} | {s['val_rmse'][0]:.3f} ± {s['val_rmse'][1]:.3f} "
                      f"| {s['test_rmse'][0]:.3f} ± {s['test_rmse'][1]:.3f} | {s['test_mae'][0]:.3f} ± "
                      f"{s['test_mae'][1]:.3f} |")
-    lines += ["", "| model | FreeSolv test RMSE (kcal/mol) |", "|---|---:|",
+    lines += ["", f"| model | {args.dataset} test RMSE ({RMAT_UNITS[args.dataset]}) |", "|---|---:|",
               f"| R-MAT {args.preset}, gtkernels, **no pretraining** | {summary[best]['test_rmse'][0]:.3f} ± "
               f"{summary[best]['test_rmse'][1]:.3f} |"]
-    lines += [f"| {name} (huggingmolecules README) | {value} |" for name, value in ANCHORS]
+    lines += [f"| {name} (huggingmolecules README) | {value} |" for name, value in ANCHORS.get(args.dataset, [])]
+    if args.dataset not in ANCHORS:
+        lines += ["", "(huggingmolecules' README publishes no result for this set.)"]
     lines += ["", f"![validation RMSE per epoch and test RMSE against the anchors]({os.path.basename(args.out)}.png)"]
     with open(args.out + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
