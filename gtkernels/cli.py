@@ -16,9 +16,11 @@ from typing import List, Optional
 
 USAGE = """usage: gtkernels {train,evaluate,predict} ...   (gtkernels --version)
 
-  train     train a Geometric Transformer on a QM9 target   (gtkernels train --help)
-  evaluate  test MAE, parity plot and learning curve of a run (gtkernels evaluate RUN_DIR)
-  predict   property of new molecules from an XYZ file       (gtkernels predict RUN_DIR FILE.xyz)
+  train     train a Geometric Transformer on a QM9 target, or R-MAT (--model rmat) on FreeSolv,
+            solubility or QM9                                (gtkernels train --help)
+  evaluate  test MAE / RMSE, parity plot and learning curve   (gtkernels evaluate RUN_DIR)
+  predict   property of new molecules: XYZ (geot), SMILES or SDF (rmat)
+                                                             (gtkernels predict RUN_DIR FILE)
 """
 COMMANDS = ("train", "evaluate", "predict")
 

@@ -1,4 +1,6 @@
-"""Train the Geometric Transformer on one QM9 target: ``gtkernels train --target U0 --time-budget 600 ...``.
+"""Train the Geometric Transformer on one QM9 target: ``gtkernels train --target U0 --time-budget 600 ...``,
+or R-MAT: ``gtkernels train --model rmat --dataset freesolv --epochs 100 ...`` (its data, batches and protocol:
+:mod:`gtkernels.rmat_task`; one training loop serves both).
 
 A run folder holds ``config.json``, ``split.json`` (the test set is never trained on), ``metrics.csv``,
 ``last.pt`` (full training state, written atomically at each validation and at the end of the time budget) and
@@ -444,7 +446,8 @@ def make_parser() -> Parser:
     """The parser of ``gtkernels train`` (its options: :func:`add_arguments`)."""
     p = Parser(
         prog="gtkernels train",
-        description="Train the Geometric Transformer on one QM9 target. Give --epochs and/or --time-budget.",
+        description="Train the Geometric Transformer on one QM9 target, or R-MAT (--model rmat) on FreeSolv, the "
+                    "solubility set or QM9 with R-MAT's protocol. Give --epochs and/or --time-budget.",
         epilog="Example: gtkernels train --target U0 --time-budget 600 --run-dir runs/u0. The run folder gets "
                "config.json, split.json, metrics.csv, last.pt and best.pt; continue it with --resume. Several "
                "processes: torchrun --nproc_per_node=K -m gtkernels train ... (--batch-size stays the global "
