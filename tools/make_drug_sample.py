@@ -137,6 +137,14 @@ def write_npz(path: str, arrays: dict) -> None:
             zf.writestr(info, buf.getvalue())
 
 
+def write_provenance(npz_path: str, provenance: dict) -> None:
+    """``<npz without .npz>.provenance.json`` beside the sample, and the same JSON on stdout."""
+    with open(os.path.splitext(npz_path)[0] + ".provenance.json", "w") as fh:
+        json.dump(provenance, fh, indent=1)
+        fh.write("\n")
+    print(json.dumps(provenance, indent=1))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=OUT)
@@ -196,10 +204,7 @@ def main(argv=None) -> int:
         molecules=int(len(counts)), heavy_atoms_min=int(counts.min()), heavy_atoms_max=int(counts.max()),
         heavy_atoms_mean=round(float(counts.mean()), 2), dummy_node="atom 0 of every molecule",
         command="PYTHONPATH=. /tmp/rdk/bin/python tools/make_drug_sample.py")
-    with open(os.path.splitext(args.out)[0] + ".provenance.json", "w") as fh:
-        json.dump(provenance, fh, indent=1)
-        fh.write("\n")
-    print(json.dumps(provenance, indent=1))
+    write_provenance(args.out, provenance)
     return 0
 
 

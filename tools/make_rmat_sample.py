@@ -14,7 +14,6 @@ kernels). Arrays: ``features [T, 37]`` uint8, ``pos [T, 3]`` float64 (Å), ``gra
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 
@@ -25,7 +24,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 from gtkernels.data.rmat_data import SAMPLE, RMATDataset  # noqa: E402
-from make_drug_sample import write_npz  # noqa: E402
+from make_drug_sample import write_npz, write_provenance  # noqa: E402
 
 N_PER_SET = 12
 SETS = ("freesolv", "solubility")
@@ -57,10 +56,7 @@ def main() -> int:
         atoms_min=int(np.diff(offsets).min()), atoms_max=int(np.diff(offsets).max()),
         sha256=hashlib.sha256(open(SAMPLE, "rb").read()).hexdigest(),
         command="python tools/make_rmat_sample.py")
-    with open(os.path.splitext(SAMPLE)[0] + ".provenance.json", "w") as fh:
-        json.dump(provenance, fh, indent=1)
-        fh.write("\n")
-    print(json.dumps(provenance, indent=1))
+    write_provenance(SAMPLE, provenance)
     return 0
 
 
