@@ -18,7 +18,7 @@ from gtkernels_py.relative_attention import RELATION_CHANNELS, RelativeAttention
 from ..data.rmat_features import DUMMY_FEATURE
 from ..nn import FusedRelativeAttention
 from ..ops.geometry import prepare_geometry
-from ..ops.relative_attention import relation_tensor
+from ..ops.relative_attention import check_relation_values, relation_tensor
 
 #: Model sizes: ``released`` is R-MAT's published configuration; the others are for CPU training.
 RMAT_PRESETS = {
@@ -96,8 +96,7 @@ class RMAT(spec.RMAT):
         geom = prepare_geometry(pos, mask if cu_seqlens is None else None, cu_seqlens=cu_seqlens,
                                 max_seqlen=max_seqlen, validate=False)
         if self.validate and not torch.compiler.is_compiling():
-            from ..ops.relative_attention import _check_values
-            _check_values(geom, graph_code, dummy)
+            check_relation_values(geom, graph_code, dummy)
         x = self.encoder(self.embed(x_in), pos=geom, graph_code=graph_code, dummy=dummy)
         if cu_seqlens is None:
             return self.generator(x, mask)

@@ -97,7 +97,7 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, pos: Union[Tensor, Batch
             raise ValueError(f"{name} must be in [0, 1), got {p}")
     backend = resolve_relative_backend(backend, q.device, q.dtype, dropout_p, phi_dropout_p)
     if validate and not torch.compiler.is_compiling():
-        _check_values(geom, graph_code, dummy)
+        check_relation_values(geom, graph_code, dummy)
 
     if backend != "reference":
         out, _ = registry.relative_attention_fwd(
@@ -149,7 +149,7 @@ def _check_phi(name: str, params: Sequence[Tensor], width: int, q: Tensor) -> in
     return channels
 
 
-def _check_values(geom: BatchGeometry, graph_code: Tensor, dummy: Optional[Tensor]) -> None:
+def check_relation_values(geom: BatchGeometry, graph_code: Tensor, dummy: Optional[Tensor]) -> None:
     """The data-dependent checks (host sync): positions and cu_seqlens, then the codes of real pairs."""
     validation.check_values(geom.positions, geom.mask, geom.cu_seqlens, exempt=dummy)
     if geom.padded:
