@@ -743,7 +743,7 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
     split_path = os.path.join(run_dir, "split.json")
     progress = rank == 0 and not args.no_progress
     if is_rmat(config):
-        ds, split, batcher = _rmat_data(config, args, split_path, resume_ckpt is not None, progress, world)
+        ds, split, batcher = _rmat_data(config, args, split_path, resume_ckpt is not None, progress, world, say)
     else:
         ds = QM9(cache=args.cache, limit=config["limit"], progress=progress)
         split = load_split(split_path) if resume_ckpt is not None else make_split(len(ds), seed=config["split_seed"])
@@ -780,7 +780,7 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
             torch.distributed.destroy_process_group()
 
 
-def _rmat_data(config: dict, args, split_path: str, resuming: bool, progress: bool, world: int):
+def _rmat_data(config: dict, args, split_path: str, resuming: bool, progress: bool, world: int, say=print):
     """``(data set, split, batcher)`` of an R-MAT run: the featurised set (built into the cache on first use),
     R-MAT's random 80/10/10 split (``--limit``: of the first N molecules), the target standardisation (stored
     in the configuration, so evaluate / predict use the training set's) and the Noam schedule's length."""
@@ -799,8 +799,8 @@ def _rmat_data(config: dict, args, split_path: str, resuming: bool, progress: bo
     if config["schedule"] == "noam" and "total_steps" not in config:
         config["total_steps"] = total_steps(len(split["train"]), config["batch_per_process"], world, args.epochs)
     if ds.skipped:
-        print(f"note: {len(ds.skipped)} molecules of {config['dataset']} could not be featurised and are left out "
-              f"(listed in {ds.path}, attribute 'skipped')", file=sys.stderr)
+        say(f"note: {len(ds.skipped)} molecules of {config['dataset']} could not be featurised and are left out "
+            f"(listed in {ds.path}, attribute 'skipped')", file=sys.stderr)
     return ds, split, batcher
 
 
@@ -876,7 +876,6 @@ def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, mode
             idx = group[rank] if world > 1 else group[0]
             n_mol = len(idx)
             inp, yt = batcher.batch(idx, device, config["layout"], augment)
-            y = yt
             if not noam and config["warmup_steps"] and state["step"] < config["warmup_steps"]:
                 for g in opt.param_groups:
                     g["lr"] = config["lr"] * (state["step"] + 1) / config["warmup_steps"]
@@ -899,8 +898,8 @@ def _train(args, config, run_dir, resume_ckpt, batcher, train_idx, val_idx, mode
             mol_epoch += n_mol * world
             state["train_seconds"] += dt
             state["molecules"] += n_mol * world
-            err_sum += float(loss.detach()) * len(y)
-            err_n += len(y)
+            err_sum += float(loss.detach()) * len(yt)
+            err_n += len(yt)
             train_err = math.sqrt(err_sum / err_n) if squared else err_sum / err_n
             postfix = f"{mol_epoch / max(t_epoch, 1e-9):.0f} mol/s, train {label} {train_err:.4g} {unit}"
             bar.update(world)

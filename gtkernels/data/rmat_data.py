@@ -181,7 +181,8 @@ def build_cache(name: str, path: str, seed: int = 0, workers: Optional[int] = No
     skipped = [[k, reasons[k]] for k in range(len(records)) if mols[k] is None]
     nan_y = [k for k in range(len(records)) if mols[k] is not None and not np.isfinite(records[k][1])]
     skipped += [[k, f"{records[k][2]} has no finite {DATASETS[name].property}"] for k in nan_y]
-    keep = [k for k in range(len(records)) if mols[k] is not None and k not in set(nan_y)]
+    left_out = {k for k, _ in skipped}
+    keep = [k for k in range(len(records)) if k not in left_out]
     for k, reason in skipped[:SHOWN_SKIPS]:
         log.warning("skipped %s", reason)
     if len(skipped) > SHOWN_SKIPS:
