@@ -1,7 +1,8 @@
 """The peer table: every case × measurement × thread count, each in its own process (``pytest benchmarks/peers``).
 
 Cases whose package is missing are skipped with the reason (install them: ``make peers``). ``-k smoke`` runs
-our small fused model's training step at batch 32 for one second: cheap enough for CI. Each result is printed
+our small fused model's training step at batch 32 for one second: cheap enough for CI. Knobs:
+``GTK_PEERS_SECONDS`` (timed seconds per case, default 10), ``GTK_PEERS_THREADS`` (default 1,2). Each result is printed
 and appended to ``$GTK_PEERS_JSONL`` (default build/peers/results.jsonl) for the report.
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ MEASURES = [("train", 32), ("train", 128), ("train", 1024), ("infer", 128), ("fo
 TOO_BIG = {("ours-paper-reference", "train", 1024), ("ET", "train", 1024), ("PaiNN", "train", 1024),
            ("SchNet", "train", 1024), ("SchNet-PyG", "train", 1024), ("DimeNet++", "train", 1024)}
 SECONDS = float(os.environ.get("GTK_PEERS_SECONDS", "10"))
+#: thread counts measured (GTK_PEERS_THREADS=2 for one of them)
+THREADS = [int(t) for t in os.environ.get("GTK_PEERS_THREADS", "1,2").split(",")]
 
 
 def run_case(name: str, mode: str, batch: int, threads: int, seconds: float) -> dict:
@@ -39,7 +42,7 @@ def _record(result: dict) -> None:
     print(result)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", THREADS)
 @pytest.mark.parametrize("mode,batch", MEASURES)
 @pytest.mark.parametrize("name", list(cases()))
 def test_peer_throughput(name, mode, batch, threads):
