@@ -96,17 +96,21 @@ def summation_terms(mols: Sequence[Molecule], heads: int = 1, d: int = 1, mlp_fa
 
 
 def two_x_bound(ref: torch.Tensor, exact: torch.Tensor, n_terms: int, dtype=torch.float32) -> float:
-    """FlashAttention's rule: a low-precision result may be off the float64 value by at most twice the error of
-    the reference run in the same precision. Floor: eps(dtype)·√n_terms, the growth of rounding error along an
-    n-term sum (a random walk of n roundings of relative size eps: its standard deviation), times
-    √(2 ln M) for a tensor of M elements, since :func:`rel_err` takes the largest error of the M and the largest
-    of M such walks sits about √(2 ln M) deviations out (≈ 4 for the conformance tensors). A single reference
-    run can be luckily accurate; the floor keeps a summation order that differs by machine (BLAS kernels chosen
-    by CPU: the interpreter's float32 relative-attention gradients came out at 2.3× the plain σ floor on one
-    EPYC VM) from failing a correct kernel, while a real defect (a lost term, half-precision accumulation) is
-    orders of magnitude above it."""
+    """FlashAttention's rule as its own tests write it: a low-precision result may be off the float64 value by
+    twice the error of the reference run in the same precision *plus* a rounding floor (``rtol·err_pt + atol``,
+    a sum, not the larger of the two). Floor: eps(dtype)·√n_terms, the growth of rounding error along an n-term
+    sum (a random walk of n roundings of relative size eps: its standard deviation), times √(2 ln M) for a
+    tensor of M elements, since :func:`rel_err` takes the largest error of the M and the largest of M such walks
+    sits about √(2 ln M) deviations out (≈ 4 for the conformance tensors).
+
+    Why a sum: one reference run is one draw of its rounding error, and the fused kernels sum in another order
+    (tiles, recomputation from lse) whose error is a draw of the same size. With the larger of the two, a
+    correct kernel failed whenever the reference drew low and the floor sat just under 2× it: the interpreter's
+    float32 relative-attention dv came out at 2.03× the reference on one CI machine and passed on another (the
+    same code; numpy's and torch's BLAS pick their float32 kernels by CPU). A real defect (a lost term, a wrong
+    sign, half-precision accumulation) is orders of magnitude above either term."""
     spread = math.sqrt(max(2.0 * math.log(max(ref.numel(), 1)), 1.0))
-    return max(2.0 * rel_err(ref, exact), torch.finfo(dtype).eps * math.sqrt(max(n_terms, 1)) * spread)
+    return 2.0 * rel_err(ref, exact) + torch.finfo(dtype).eps * math.sqrt(max(n_terms, 1)) * spread
 
 
 def assert_within_2x(what: str, fused, ref, exact, n_terms: Sequence[int], dtype=torch.float32) -> None:
