@@ -13,12 +13,14 @@ most 500). Runs already finished in the run folders are reused. Writes ``OUT.jso
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
-import datetime
 import json
 import os
 import subprocess
 import sys
+
+from benchmarks.curves import MAE_LABEL, finish, load_text, mae_axes, provenance, pyplot, write_markdown
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,7 +57,8 @@ def report(summary: dict, out: str) -> None:
     runs = summary["runs"]
     lines = ["# Large-batch parity on CPU: validation U0 MAE per epoch and per training second", "",
              f"- command: `{summary['command']}`", f"- date: {summary['date']}; {summary['machine']}",
-             f"- load average before: {summary['load_before']}, after: {summary['load_after']}", "",
+             f"- load average before: {load_text(summary['load_before'])}, after: "
+             f"{load_text(summary['load_after'])}", "",
              "| configuration | seed | epochs | val MAE at the end (meV) | best (meV) | training s | mol/s |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
@@ -63,13 +66,7 @@ def report(summary: dict, out: str) -> None:
         lines.append(f"| {r['label']} | {r['seed']} | {last['epoch']:.0f} | {last['val_mae']:.1f} | "
                      f"{min(x['val_mae'] for x in r['rows']):.1f} | {last['train_seconds']:.0f} | "
                      f"{last['molecules_per_s']:.0f} |")
-    lines += ["", f"![MAE per epoch and per second]({os.path.basename(out)}.png)", ""]
-    with open(out + ".md", "w") as fh:
-        fh.write("\n".join(lines))
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for r in runs:
         ep = [x["epoch"] for x in r["rows"]]
         mae = [x["val_mae"] for x in r["rows"]]
@@ -77,15 +74,11 @@ def report(summary: dict, out: str) -> None:
         b.plot([x["train_seconds"] / 60 for x in r["rows"]], mae, marker="o", ms=3)
     a.set_xlabel("epoch")
     b.set_xlabel("training minutes (steps only)")
-    a.set_ylabel("validation U0 MAE (meV)")
-    for ax in (a, b):
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3, which="both")
+    a.set_ylabel(MAE_LABEL)
+    mae_axes(a, b)
     a.legend(fontsize=8)
     fig.suptitle(f"{summary['preset']} preset, {summary['train']:,} training molecules, 1 thread")
-    fig.tight_layout()
-    fig.savefig(out + ".png", dpi=110)
-    print("\n".join(lines))
+    write_markdown(out, lines, fig, "MAE per epoch and per second")
 
 
 def main(argv=None) -> int:
@@ -100,6 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--train", type=int, default=20_000)
     p.add_argument("--val", type=int, default=2_000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time (each its own process)")
     p.add_argument("--runs", default=os.path.join(ROOT, "build", "large-batch"))
     p.add_argument("--out", required=True)
     p.add_argument("--replot", action="store_true", help="redraw OUT.md / OUT.png from OUT.json")
@@ -108,16 +102,13 @@ def main(argv=None) -> int:
         with open(args.out + ".json") as fh:
             report(json.load(fh), args.out)
         return 0
-    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    runs = [run_one(args, b, s, seed) for seed in args.seeds for b, s in configs(args.batches, args.scalings)]
-    import platform
     summary = {"command": "python -m benchmarks.large_batch " + " ".join(argv), "preset": args.preset,
-               "train": args.train,
-               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "machine": f"{platform.node()}, {os.cpu_count()} CPUs", "load_before": load_before,
-               "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()), "runs": runs}
+               "train": args.train, **provenance()}
+    todo = [(b, s, seed) for seed in args.seeds for b, s in configs(args.batches, args.scalings)]
+    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+        summary["runs"] = list(pool.map(lambda c: run_one(args, *c), todo))
     with open(args.out + ".json", "w") as fh:
-        json.dump(summary, fh, indent=1)
+        json.dump(finish(summary), fh, indent=1)
     report(summary, args.out)
     return 0
 

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from benchmarks.curves import MAE_LABEL, finish, load_text, mae_axes, provenance, pyplot, write_markdown
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CASES = ("ours-small-fused", "PaiNN", "SchNet")
@@ -112,13 +112,9 @@ def train_case(name: str, budget: float, eval_every: float, n_train: int, n_val:
             "threads": torch.get_num_threads(), "budget_cpu_s": budget, "n_train": n_train, "n_val": n_val}
 
 
-def _loadavg():
-    return list(os.getloadavg())
-
-
 def run_all(args) -> dict:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    load_before, t0 = _loadavg(), time.time()
+    summary, t0 = provenance(), time.time()
 
     def one(name):
         path = f"{args.out}.{name}.json"
@@ -134,11 +130,9 @@ def run_all(args) -> dict:
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
         results = list(pool.map(one, args.cases))
     import torch
-    return {"command": "python -m benchmarks.peers.time_to_accuracy " + " ".join(args.argv),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.node()}, {os.cpu_count()} CPUs, {platform.machine()}",
-            "torch": torch.__version__, "load_before": load_before, "load_after": _loadavg(),
-            "wall_s": round(time.time() - t0), "parallel": args.parallel, "results": results}
+    summary.update(command="python -m benchmarks.peers.time_to_accuracy " + " ".join(args.argv),
+                   torch=torch.__version__, wall_s=round(time.time() - t0), parallel=args.parallel, results=results)
+    return finish(summary)
 
 
 def _final(r: dict) -> float:
@@ -150,8 +144,8 @@ def write_report(summary: dict, out: str) -> None:
     lines = ["# Time to accuracy on CPU: validation U0 MAE after the same CPU time", "",
              f"- command: `{summary['command']}`", f"- date: {summary['date']}; machine: {summary['machine']}; "
              f"torch {summary['torch']}",
-             f"- load average before: {' '.join(f'{x:.2f}' for x in summary['load_before'])}, after: "
-             f"{' '.join(f'{x:.2f}' for x in summary['load_after'])}; {summary['parallel']} case(s) at a time, "
+             f"- load average before: {load_text(summary['load_before'])}, after: "
+             f"{load_text(summary['load_after'])}; {summary['parallel']} case(s) at a time, "
              f"{results[0]['threads']} thread(s) each; {summary['wall_s']} s wall in all",
              f"- data: a fixed {results[0]['n_train']:,} of QM9's standard training split, the first "
              f"{results[0]['n_val']:,} of its validation split; target U0 − Σ atomref (meV)",
@@ -166,26 +160,17 @@ def write_report(summary: dict, out: str) -> None:
         lines.append(f"| {r['label']} | {r['params'] / 1e6:.2f} M | {r['batch']} | {r['lr']:g} | {r['loss']} "
                      f"({r['optimizer']}) | {last['step']:,} | {last['epoch']:.2f} | "
                      f"{last['val_mae_mev']:.1f} |")
-    lines += ["", f"![validation MAE against CPU time]({os.path.basename(out)}.png)", ""]
-    with open(out + ".md", "w") as fh:
-        fh.write("\n".join(lines))
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     for r in results:
         cpu = [p["cpu_s"] / 60 for p in r["curve"]]
         ax.plot(cpu, [p["val_mae_mev"] for p in r["curve"]], marker="o", ms=3,
                 label=f"{r['label']}: {_final(r):.0f} meV")
-    ax.set_yscale("log")
     ax.set_xlabel("CPU minutes of the training process (validation included)")
-    ax.set_ylabel("validation U0 MAE (meV)")
+    ax.set_ylabel(MAE_LABEL)
     ax.set_title(f"QM9 U0, {results[0]['n_train']:,} training molecules, {results[0]['threads']} thread(s)")
-    ax.grid(alpha=0.3, which="both")
+    mae_axes(ax)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out + ".png", dpi=110)
-    print("\n".join(lines))
+    write_markdown(out, lines, fig, "validation MAE against CPU time")
 
 
 def main(argv=None) -> int:
