@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backends import BACKENDS, PRECISIONS, resolve_backend
+from .cpu_heap import keep_freed_memory
 from .data.augment import merge_pairs
 from .data.batching import make_batches, packed_to_padded
 from .data.qm9 import QM9, load_split, make_split, save_split, train_subset
@@ -738,6 +739,8 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
     if args.amp and not amp:
         say("note: --amp is bf16 autocast on GPU only; training in float32 on CPU", file=sys.stderr)
     say(runtime_summary(device, config["backend"], torch.float32, amp, world), flush=True)
+    if device.type == "cpu":   # large activations reuse the heap instead of faulting fresh pages every step
+        say(f"CPU memory: {keep_freed_memory()}", flush=True)
     per = config["batch_per_process"]
     scaling = config.get("lr_scaling", "none")
     say(f"batch {config['batch_size']} molecules per step" + (f" ({world} processes x {per})" if world > 1 else "")

@@ -5,6 +5,11 @@ import torch
 if not torch.cuda.is_available():  # Triton kernels then run on CPU tensors in the interpreter (set before import)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The in-process trainer runs (tests/test_train.py) would install gtkernels' CPU block cache
+# (gtkernels/cpu_heap.py) into this process for every later test, which then keeps up to half the machine's
+# memory in freed blocks of the test suite's many sizes. Tests of the cache run it in subprocesses without this.
+os.environ.setdefault("GTKERNELS_MALLOC", "keep")
+
 import sys
 
 import pytest

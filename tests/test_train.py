@@ -136,6 +136,7 @@ def test_predict_and_errors(trained, tmp_path, capsys):
 def test_ddp_gloo_two_processes(tmp_path, cache):
     run = str(tmp_path / "ddp")
     env = dict(os.environ, GTKERNELS_CACHE=cache, OMP_NUM_THREADS="1")
+    env.pop("GTKERNELS_MALLOC", None)   # each rank trains with the CPU block cache (gtkernels/cpu_heap.py)
     import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -158,6 +159,7 @@ def test_ddp_gloo_two_processes(tmp_path, cache):
     assert ck["state"]["epoch"] == 1 and ck["state"]["step"] == 16
     assert ck["config"]["batch_size"] == 16 and ck["config"]["batch_per_process"] == 8
     assert "batch 16 molecules per step (2 processes x 8)" in out
+    assert "CPU memory: freed blocks of 1 MiB and more kept for reuse" in out
 
 
 def test_padded_bucketed_warmup_variant(tmp_path, capsys):
