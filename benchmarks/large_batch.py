@@ -66,12 +66,31 @@ def report(summary: dict, out: str) -> None:
         lines.append(f"| {r['label']} | {r['seed']} | {last['epoch']:.0f} | {last['val_mae']:.1f} | "
                      f"{min(x['val_mae'] for x in r['rows']):.1f} | {last['train_seconds']:.0f} | "
                      f"{last['molecules_per_s']:.0f} |")
+    lines += ["", "Parity (the issue's target: within 10 % of batch 32 after the same epochs): each large-batch run's "
+              "validation MAE over batch 32's of the same seed, at the last epoch both have, and their training "
+              "seconds to that epoch.", "",
+              "| configuration | seed | epoch | MAE / batch 32's | training s / batch 32's |",
+              "|---|---:|---:|---:|---:|"]
+    small = {r["seed"]: r for r in runs if r["batch"] == 32}
+    for r in runs:
+        base = small.get(r["seed"])
+        if r["batch"] == 32 or base is None:
+            continue
+        ep = min(r["rows"][-1]["epoch"], base["rows"][-1]["epoch"])
+        mine = next(x for x in r["rows"] if x["epoch"] == ep)
+        theirs = next(x for x in base["rows"] if x["epoch"] == ep)
+        lines.append(f"| {r['label']} | {r['seed']} | {ep:.0f} | {mine['val_mae'] / theirs['val_mae']:.2f} | "
+                     f"{mine['train_seconds'] / theirs['train_seconds']:.2f} |")
     fig, (a, b) = pyplot().subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    labels = list(dict.fromkeys(r["label"] for r in runs))       # one colour per configuration, a dash per seed
+    seeds = sorted({r["seed"] for r in runs})
     for r in runs:
         ep = [x["epoch"] for x in r["rows"]]
         mae = [x["val_mae"] for x in r["rows"]]
-        a.plot(ep, mae, marker="o", ms=3, label=f"{r['label']} (seed {r['seed']})")
-        b.plot([x["train_seconds"] / 60 for x in r["rows"]], mae, marker="o", ms=3)
+        style = dict(marker="o", ms=3, color=f"C{labels.index(r['label'])}",
+                     linestyle=("-", "--", ":", "-.")[seeds.index(r["seed"]) % 4])
+        a.plot(ep, mae, label=f"{r['label']} (seed {r['seed']})", **style)
+        b.plot([x["train_seconds"] / 60 for x in r["rows"]], mae, **style)
     a.set_xlabel("epoch")
     b.set_xlabel("training minutes (steps only)")
     a.set_ylabel(MAE_LABEL)
