@@ -4,6 +4,7 @@ log-scale MAE axes. Plain Python and matplotlib (Agg); no torch."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 from typing import List
@@ -31,6 +32,15 @@ def provenance() -> dict:
 def finish(summary: dict) -> dict:
     summary["load_after"] = loadavg()
     return summary
+
+
+def publish(summary: dict, out: str, report) -> int:
+    """Finishes ``summary`` (:func:`finish`), writes it to ``OUT.json`` and renders it with ``report(summary,
+    out)``; returns 0, the exit status of a study's ``main``."""
+    with open(out + ".json", "w") as fh:
+        json.dump(finish(summary), fh, indent=1)
+    report(summary, out)
+    return 0
 
 
 def pyplot():

@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 
-from benchmarks.curves import MAE_LABEL, finish, load_text, mae_axes, provenance, pyplot, write_markdown
+from benchmarks.curves import MAE_LABEL, load_text, mae_axes, provenance, publish, pyplot, write_markdown
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -126,10 +126,7 @@ def main(argv=None) -> int:
     todo = [(b, s, seed) for seed in args.seeds for b, s in configs(args.batches, args.scalings)]
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
         summary["runs"] = list(pool.map(lambda c: run_one(args, *c), todo))
-    with open(args.out + ".json", "w") as fh:
-        json.dump(finish(summary), fh, indent=1)
-    report(summary, args.out)
-    return 0
+    return publish(summary, args.out, report)
 
 
 if __name__ == "__main__":
