@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.curves import finish, load_text, provenance
+from benchmarks.curves import load_text, provenance, publish
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALLOCATORS = ("glibc default", "glibc: no mmap, no trim", "gtkernels block cache")
@@ -40,7 +40,12 @@ def measure(preset: str, batch: int, allocator: int, steps: int, threads: int) -
     from benchmarks.peers.models import cases
     torch.set_num_threads(threads)
     from gtkernels import cpu_heap
-    state = ("left alone", cpu_heap.keep_glibc_heap(), gtkernels.keep_freed_memory())[allocator]
+    if allocator == 1:
+        state = cpu_heap.keep_glibc_heap()
+    elif allocator == 2:
+        state = gtkernels.keep_freed_memory()
+    else:
+        state = "left alone"
     case = cases()[f"ours-{preset}-fused"]
     draw = data.throughput_draw()
     if batch > len(draw):
@@ -65,7 +70,9 @@ def measure(preset: str, batch: int, allocator: int, steps: int, threads: int) -
         step()
     r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     user, sys_s = (r1.ru_utime - r0.ru_utime) / steps, (r1.ru_stime - r0.ru_stime) / steps
+    stats = cpu_heap.block_cache_stats()
     return {"preset": preset, "batch": batch, "allocator": ALLOCATORS[allocator], "state": state, "threads": threads,
+            "cache_hits": stats["hits"], "cache_misses": stats["misses"],
             "steps": steps, "user_s": round(user, 3), "sys_s": round(sys_s, 3), "wall_s": round((t1 - t0) / steps, 3),
             "cpu_ms_per_molecule": round((user + sys_s) / batch * 1e3, 3),
             "minor_faults": round((r1.ru_minflt - r0.ru_minflt) / steps), "peak_rss_mib": round(r1.ru_maxrss / 1024),
@@ -114,10 +121,7 @@ def main(argv=None) -> int:
             res = subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
             summary["runs"].append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(summary["runs"][-1], flush=True)
-    with open(args.out + ".json", "w") as fh:
-        json.dump(finish(summary), fh, indent=1)
-    report(summary, args.out)
-    return 0
+    return publish(summary, args.out, report)
 
 
 if __name__ == "__main__":
