@@ -3,10 +3,10 @@
 torch's CPU tensors come from ``malloc``. glibc serves every block above its mmap threshold (at most 32 MiB on
 64-bit Linux, whatever ``mallopt`` asks) with a fresh ``mmap`` and gives it back with ``munmap`` when freed, so
 every large activation of every training step is new memory that the kernel zero-fills page by page on first
-touch. At the paper width the activations of a batch of 1,024 QM9 molecules are hundreds of MiB each: one
-training step made 4.7 million page faults and spent 13 of its 81 CPU seconds in the kernel (batch 128: 9,000
-faults, 0.05 s; ``benchmarks/results/cpu-heap-paper-2026-12-03.md``). That is most of why a batch of 1,024 was
-slower per molecule than a batch of 128.
+touch. At the paper width the activations of a batch of 1,024 QM9 molecules are 37-150 MiB each: one training
+step made 4.9 million page faults and spent 10.4 of its 79 CPU seconds in the kernel (batch 128: 82,000 faults,
+0.17 s; with the cache 2,500 faults and 0.06 s: ``benchmarks/results/cpu-heap-paper-2026-12-03.md``). That is
+most of why a batch of 1,024 was slower per molecule than a batch of 128.
 
 :func:`keep_freed_memory` installs the block cache of ``gtkernels._C`` (``csrc/cpu/block_cache.cpp``) as torch's
 CPU allocator: a freed block of 1 MiB or more is kept by size, and a later request of about its size (down to

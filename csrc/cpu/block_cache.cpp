@@ -1,7 +1,7 @@
 // block_cache.cpp — a CPU allocator that keeps freed large blocks for the next request of about their size
 // (gtkernels.keep_freed_memory, gtkernels/cpu_heap.py says why). torch's default CPU allocator hands every block to
 // glibc, which serves blocks above 32 MiB with a fresh mmap and unmaps them when freed: every large activation of
-// every training step is then zero-filled by the kernel page by page (4.7 million faults per paper-width step at
+// every training step is then zero-filled by the kernel page by page (4.9 million faults per paper-width step at
 // batch 1,024). Here a freed block of at least kMinCached bytes goes to a free list by size instead; a request
 // takes the smallest free block of at least its size and at most 1/kSlackDiv more, else a new block from
 // c10::alloc_cpu, 1/kHeadroomDiv larger than asked: the batches of a QM9 epoch differ in atom count by a few
